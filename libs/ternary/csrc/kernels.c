@@ -1,0 +1,370 @@
+/*
+ * Ternary GEMV/GEMM kernels over planar weights (see libs/ternary/src/planar.rs for the layout and
+ * src/reference.rs for the definition every function here must match bit for bit).
+ *
+ * Names state the operation, operands and ISA: ntk_gemv_i2p_i8_<isa> multiplies planar 2-bit codes
+ * (i2p) by int8 activations. Each SIMD function carries its own target attribute; the file is built
+ * without -march flags so the binary runs on any x86-64, and with -ffp-contract=off so the compiler
+ * neither fuses nor splits a multiply-add: every FMA is written out (fmaf / _mm256_fmadd_ps) and
+ * rounds exactly once, like f32::mul_add in the reference.
+ *
+ * SIMD trick (AVX2/AVX-512): a code's weight w is looked up as c = w + 1 in {0, 1, 2} (code 10, the
+ * invalid one, looks up c = 1, i.e. w = 0); maddubs(c, x) sums are exact in int16 and
+ * sum(w * x) = sum(c * x) - sum(x), with sum(x) per group precomputed once per activation vector.
+ * |sum(c * x)| over a group <= 128 * 2 * 128 = 32768 fits int16 at every step of the reductions.
+ *
+ * Callers (src/kernels.rs) check every length and alignment before calling; these functions trust
+ * their arguments: `codes` and `scales` cover whole tiles of 8 rows, `x` holds groups * 128 bytes.
+ */
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define NTK_GROUP 128
+#define NTK_GROUP_BYTES 32
+#define NTK_TILE 8
+/* GEMM processes at most this many activation vectors per weight pass (its accumulators live on
+ * the stack); larger batches are split by the caller. */
+#define NTK_MAX_BATCH 16
+
+/* The weights of one matrix, as laid out by PlanarWeights. */
+typedef struct {
+    const uint8_t *codes;     /* row r, group g at codes + r * code_row_stride + g * 32 */
+    size_t code_row_stride;   /* bytes, multiple of 128 */
+    const float *scales;      /* tile t at scales + t * scale_tile_stride, then [group][row % 8] */
+    size_t scale_tile_stride; /* floats, multiple of 32 */
+    size_t groups;            /* groups per row (cols rounded up to 128) */
+} ntk_weights;
+
+/* One or several quantized activation vectors: vector b at x + b * x_stride, its group sums at
+ * x_sums + b * groups, its scale act_scales[b]. */
+typedef struct {
+    const int8_t *x;
+    size_t x_stride;
+    const int32_t *x_sums;
+    const float *act_scales;
+    size_t batch;
+} ntk_acts;
+
+/* Weight of each 2-bit code: 00 -> 0, 01 -> +1, 10 (invalid) -> 0, 11 -> -1. */
+static const int8_t NTK_TRIT[4] = {0, 1, 0, -1};
+
+/* ------------------------------------------------------------------------------------------------
+ * Portable scalar C: the same loop as the reference, one row at a time.
+ */
+
+static int32_t group_dot_scalar(const uint8_t *group_codes, const int8_t *x) {
+    int32_t sum = 0;
+    for (int i = 0; i < NTK_GROUP_BYTES; i++) {
+        uint8_t byte = group_codes[i];
+        for (int k = 0; k < 4; k++) {
+            sum += NTK_TRIT[(byte >> (2 * k)) & 3] * (int32_t)x[i + NTK_GROUP_BYTES * k];
+        }
+    }
+    return sum;
+}
+
+static float scale_at(const ntk_weights *w, size_t row, size_t group) {
+    return w->scales[(row / NTK_TILE) * w->scale_tile_stride + group * NTK_TILE + row % NTK_TILE];
+}
+
+/* Rows [row_begin, row_begin + row_count) of y = W x; y points at the output of row_begin. */
+void ntk_gemv_i2p_i8_scalar(const ntk_weights *w, const ntk_acts *a, size_t row_begin,
+                            size_t row_count, float *y) {
+    for (size_t i = 0; i < row_count; i++) {
+        size_t row = row_begin + i;
+        const uint8_t *codes = w->codes + row * w->code_row_stride;
+        float acc = 0.0f;
+        for (size_t g = 0; g < w->groups; g++) {
+            int32_t dot = group_dot_scalar(codes + g * NTK_GROUP_BYTES, a->x + g * NTK_GROUP);
+            acc = fmaf(scale_at(w, row, g), (float)dot, acc);
+        }
+        y[i] = acc * a->act_scales[0];
+    }
+}
+
+/* Same rows for every vector of the batch; each group of weights is decoded once for all vectors.
+ * Output of vector b, row row_begin + i at y[b * y_stride + i]. */
+void ntk_gemm_i2p_i8_scalar(const ntk_weights *w, const ntk_acts *a, size_t row_begin,
+                            size_t row_count, float *y, size_t y_stride) {
+    float acc[NTK_MAX_BATCH];
+    int8_t trits[NTK_GROUP];
+    for (size_t i = 0; i < row_count; i++) {
+        size_t row = row_begin + i;
+        const uint8_t *codes = w->codes + row * w->code_row_stride;
+        for (size_t b = 0; b < a->batch; b++) acc[b] = 0.0f;
+        for (size_t g = 0; g < w->groups; g++) {
+            const uint8_t *group_codes = codes + g * NTK_GROUP_BYTES;
+            for (int j = 0; j < NTK_GROUP; j++) {
+                trits[j] = NTK_TRIT[(group_codes[j % NTK_GROUP_BYTES] >> (2 * (j / NTK_GROUP_BYTES))) & 3];
+            }
+            float scale = scale_at(w, row, g);
+            for (size_t b = 0; b < a->batch; b++) {
+                const int8_t *x = a->x + b * a->x_stride + g * NTK_GROUP;
+                int32_t dot = 0;
+                for (int j = 0; j < NTK_GROUP; j++) dot += trits[j] * (int32_t)x[j];
+                acc[b] = fmaf(scale, (float)dot, acc[b]);
+            }
+        }
+        for (size_t b = 0; b < a->batch; b++) y[b * y_stride + i] = acc[b] * a->act_scales[b];
+    }
+}
+
+#ifdef NTK_FAULT_INJECTION
+/* A deliberately wrong kernel for the tests of verify-triangle: the scalar kernel with the last
+ * weight of every row ignored (an off-by-one loop bound). Compiled only with the fault-injection
+ * feature. */
+void ntk_gemv_i2p_i8_faulty(const ntk_weights *w, const ntk_acts *a, size_t row_begin,
+                            size_t row_count, float *y) {
+    for (size_t i = 0; i < row_count; i++) {
+        size_t row = row_begin + i;
+        const uint8_t *codes = w->codes + row * w->code_row_stride;
+        float acc = 0.0f;
+        for (size_t g = 0; g < w->groups; g++) {
+            int32_t dot = group_dot_scalar(codes + g * NTK_GROUP_BYTES, a->x + g * NTK_GROUP);
+            if (g + 1 == w->groups) {
+                uint8_t last = codes[g * NTK_GROUP_BYTES + NTK_GROUP_BYTES - 1] >> 6;
+                dot -= NTK_TRIT[last] * (int32_t)a->x[g * NTK_GROUP + NTK_GROUP - 1];
+            }
+            acc = fmaf(scale_at(w, row, g), (float)dot, acc);
+        }
+        y[i] = acc * a->act_scales[0];
+    }
+}
+#endif
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+
+/* ------------------------------------------------------------------------------------------------
+ * AVX2 + FMA: tiles of 8 rows, one group at a time, 8 rows' group sums reduced into one vector so
+ * the per-row FMA chain (in group order, as the reference) is one vector FMA per group.
+ */
+
+#define NTK_AVX2 __attribute__((target("avx2,fma")))
+
+/* c = w + 1 of the low code of each nibble (LO) and of the high code (HI), per nibble value. */
+#define NTK_C_LO 1, 2, 1, 0, 1, 2, 1, 0, 1, 2, 1, 0, 1, 2, 1, 0
+#define NTK_C_HI 1, 1, 1, 1, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0
+
+/* sum(c * x) of one group of one row, as 16 int16 partial sums. */
+NTK_AVX2 static inline __m256i group_cx_avx2(const uint8_t *group_codes, __m256i x0, __m256i x1,
+                                             __m256i x2, __m256i x3) {
+    const __m256i lut_lo = _mm256_setr_epi8(NTK_C_LO, NTK_C_LO);
+    const __m256i lut_hi = _mm256_setr_epi8(NTK_C_HI, NTK_C_HI);
+    const __m256i nibble = _mm256_set1_epi8(0x0F);
+    __m256i v = _mm256_load_si256((const __m256i *)group_codes);
+    __m256i lo = _mm256_and_si256(v, nibble);
+    __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
+    __m256i s = _mm256_maddubs_epi16(_mm256_shuffle_epi8(lut_lo, lo), x0);
+    s = _mm256_add_epi16(s, _mm256_maddubs_epi16(_mm256_shuffle_epi8(lut_hi, lo), x1));
+    s = _mm256_add_epi16(s, _mm256_maddubs_epi16(_mm256_shuffle_epi8(lut_lo, hi), x2));
+    s = _mm256_add_epi16(s, _mm256_maddubs_epi16(_mm256_shuffle_epi8(lut_hi, hi), x3));
+    return s;
+}
+
+/* Horizontal sums of 8 vectors of 16 int16 into one vector of 8 int32, lane r = sum of s[r]. */
+NTK_AVX2 static inline __m256i reduce8_epi16_avx2(const __m256i s[8]) {
+    __m256i h01 = _mm256_hadd_epi16(s[0], s[1]);
+    __m256i h23 = _mm256_hadd_epi16(s[2], s[3]);
+    __m256i h45 = _mm256_hadd_epi16(s[4], s[5]);
+    __m256i h67 = _mm256_hadd_epi16(s[6], s[7]);
+    __m256i h = _mm256_hadd_epi16(_mm256_hadd_epi16(h01, h23), _mm256_hadd_epi16(h45, h67));
+    /* Each 128-bit half now holds 8 row sums of its half of the lanes. */
+    __m128i rows = _mm_add_epi16(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+    return _mm256_cvtepi16_epi32(rows);
+}
+
+/* One tile: 8 rows starting at `row` (a multiple of 8), outputs of the first `count` stored. */
+NTK_AVX2 static void gemv_tile_avx2(const ntk_weights *w, const ntk_acts *a, size_t row,
+                                    size_t count, float *y) {
+    const uint8_t *codes = w->codes + row * w->code_row_stride;
+    const float *scales = w->scales + (row / NTK_TILE) * w->scale_tile_stride;
+    const size_t stride = w->code_row_stride;
+    __m256 acc = _mm256_setzero_ps();
+    for (size_t g = 0; g < w->groups; g++) {
+        const int8_t *xg = a->x + g * NTK_GROUP;
+        __m256i x0 = _mm256_load_si256((const __m256i *)xg);
+        __m256i x1 = _mm256_load_si256((const __m256i *)(xg + 32));
+        __m256i x2 = _mm256_load_si256((const __m256i *)(xg + 64));
+        __m256i x3 = _mm256_load_si256((const __m256i *)(xg + 96));
+        const uint8_t *gc = codes + g * NTK_GROUP_BYTES;
+        __m256i s[8];
+        for (int r = 0; r < 8; r++) s[r] = group_cx_avx2(gc + r * stride, x0, x1, x2, x3);
+        __m256i dots = _mm256_sub_epi32(reduce8_epi16_avx2(s), _mm256_set1_epi32(a->x_sums[g]));
+        acc = _mm256_fmadd_ps(_mm256_load_ps(scales + g * NTK_TILE), _mm256_cvtepi32_ps(dots), acc);
+    }
+    __m256 out = _mm256_mul_ps(acc, _mm256_set1_ps(a->act_scales[0]));
+    if (count == NTK_TILE) {
+        _mm256_storeu_ps(y, out);
+    } else {
+        float tmp[NTK_TILE];
+        _mm256_storeu_ps(tmp, out);
+        for (size_t i = 0; i < count; i++) y[i] = tmp[i];
+    }
+}
+
+NTK_AVX2 void ntk_gemv_i2p_i8_avx2(const ntk_weights *w, const ntk_acts *a, size_t row_begin,
+                                   size_t row_count, float *y) {
+    for (size_t i = 0; i < row_count; i += NTK_TILE) {
+        size_t count = row_count - i < NTK_TILE ? row_count - i : NTK_TILE;
+        gemv_tile_avx2(w, a, row_begin + i, count, y + i);
+    }
+}
+
+/* GEMM: per tile and group, the 8 rows' c vectors are decoded once into `c` and reused for every
+ * activation vector; accumulators acc[b] hold the 8 rows of vector b. */
+NTK_AVX2 void ntk_gemm_i2p_i8_avx2(const ntk_weights *w, const ntk_acts *a, size_t row_begin,
+                                   size_t row_count, float *y, size_t y_stride) {
+    const __m256i lut_lo = _mm256_setr_epi8(NTK_C_LO, NTK_C_LO);
+    const __m256i lut_hi = _mm256_setr_epi8(NTK_C_HI, NTK_C_HI);
+    const __m256i nibble = _mm256_set1_epi8(0x0F);
+    const size_t stride = w->code_row_stride;
+    for (size_t i = 0; i < row_count; i += NTK_TILE) {
+        size_t row = row_begin + i;
+        size_t count = row_count - i < NTK_TILE ? row_count - i : NTK_TILE;
+        const uint8_t *codes = w->codes + row * stride;
+        const float *scales = w->scales + (row / NTK_TILE) * w->scale_tile_stride;
+        __m256 acc[NTK_MAX_BATCH];
+        for (size_t b = 0; b < a->batch; b++) acc[b] = _mm256_setzero_ps();
+        for (size_t g = 0; g < w->groups; g++) {
+            __m256i c[8][4];
+            for (int r = 0; r < 8; r++) {
+                __m256i v = _mm256_load_si256((const __m256i *)(codes + r * stride + g * NTK_GROUP_BYTES));
+                __m256i lo = _mm256_and_si256(v, nibble);
+                __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
+                c[r][0] = _mm256_shuffle_epi8(lut_lo, lo);
+                c[r][1] = _mm256_shuffle_epi8(lut_hi, lo);
+                c[r][2] = _mm256_shuffle_epi8(lut_lo, hi);
+                c[r][3] = _mm256_shuffle_epi8(lut_hi, hi);
+            }
+            __m256 group_scales = _mm256_load_ps(scales + g * NTK_TILE);
+            for (size_t b = 0; b < a->batch; b++) {
+                const int8_t *xg = a->x + b * a->x_stride + g * NTK_GROUP;
+                __m256i x0 = _mm256_load_si256((const __m256i *)xg);
+                __m256i x1 = _mm256_load_si256((const __m256i *)(xg + 32));
+                __m256i x2 = _mm256_load_si256((const __m256i *)(xg + 64));
+                __m256i x3 = _mm256_load_si256((const __m256i *)(xg + 96));
+                __m256i s[8];
+                for (int r = 0; r < 8; r++) {
+                    __m256i t = _mm256_maddubs_epi16(c[r][0], x0);
+                    t = _mm256_add_epi16(t, _mm256_maddubs_epi16(c[r][1], x1));
+                    t = _mm256_add_epi16(t, _mm256_maddubs_epi16(c[r][2], x2));
+                    s[r] = _mm256_add_epi16(t, _mm256_maddubs_epi16(c[r][3], x3));
+                }
+                __m256i dots = _mm256_sub_epi32(reduce8_epi16_avx2(s),
+                                                _mm256_set1_epi32(a->x_sums[b * w->groups + g]));
+                acc[b] = _mm256_fmadd_ps(group_scales, _mm256_cvtepi32_ps(dots), acc[b]);
+            }
+        }
+        for (size_t b = 0; b < a->batch; b++) {
+            float out[NTK_TILE];
+            _mm256_storeu_ps(out, _mm256_mul_ps(acc[b], _mm256_set1_ps(a->act_scales[b])));
+            for (size_t r = 0; r < count; r++) y[b * y_stride + i + r] = out[r];
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * AVX-512: two rows per 512-bit register (row r in the low 256 bits, row r + 4 in the high), the
+ * activations broadcast to both halves. The BW variant sums with maddubs like AVX2; the VNNI variant
+ * accumulates c * x straight into int32 with vpdpbusd. Both reduce to the same 8-lane vector and run
+ * the same FMA chain, so they are bit-identical to the reference by the same argument as AVX2.
+ */
+
+#define NTK_AVX512BW __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma")))
+#define NTK_AVX512VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")))
+
+/* Codes of one group for rows r (low half) and r + 4 (high half). */
+NTK_AVX512BW static inline __m512i load_row_pair(const uint8_t *group_codes, size_t stride) {
+    __m256i low = _mm256_load_si256((const __m256i *)group_codes);
+    __m256i high = _mm256_load_si256((const __m256i *)(group_codes + 4 * stride));
+    return _mm512_inserti64x4(_mm512_castsi256_si512(low), high, 1);
+}
+
+/* Eight int32 partial sums of row r (low 256 bits) and row r + 4 (high) -> lanes of two rows. */
+NTK_AVX512BW static inline void split_pair(__m512i pair, __m256i *low, __m256i *high) {
+    *low = _mm512_castsi512_si256(pair);
+    *high = _mm512_extracti64x4_epi64(pair, 1);
+}
+
+/* Horizontal sums of 8 vectors of 8 int32 into one vector, lane r = sum of s[r]. */
+NTK_AVX512BW static inline __m256i reduce8_epi32(const __m256i s[8]) {
+    __m256i h01 = _mm256_hadd_epi32(s[0], s[1]);
+    __m256i h23 = _mm256_hadd_epi32(s[2], s[3]);
+    __m256i h45 = _mm256_hadd_epi32(s[4], s[5]);
+    __m256i h67 = _mm256_hadd_epi32(s[6], s[7]);
+    __m256i h0123 = _mm256_hadd_epi32(h01, h23); /* lo: r0..r3 (low lanes), hi: r0..r3 (high) */
+    __m256i h4567 = _mm256_hadd_epi32(h45, h67);
+    __m256i lo = _mm256_permute2x128_si256(h0123, h4567, 0x20);
+    __m256i hi = _mm256_permute2x128_si256(h0123, h4567, 0x31);
+    return _mm256_add_epi32(lo, hi);
+}
+
+#define NTK_DEFINE_GEMV_AVX512(NAME, ATTR, PAIR_SUM)                                              \
+    ATTR void NAME(const ntk_weights *w, const ntk_acts *a, size_t row_begin, size_t row_count,     \
+                   float *y) {                                                                      \
+        const __m512i lut_lo = _mm512_broadcast_i32x4(_mm_setr_epi8(NTK_C_LO));                   \
+        const __m512i lut_hi = _mm512_broadcast_i32x4(_mm_setr_epi8(NTK_C_HI));                   \
+        const __m512i nibble = _mm512_set1_epi8(0x0F);                                             \
+        const size_t stride = w->code_row_stride;                                                  \
+        for (size_t i = 0; i < row_count; i += NTK_TILE) {                                         \
+            size_t row = row_begin + i;                                                            \
+            size_t count = row_count - i < NTK_TILE ? row_count - i : NTK_TILE;                    \
+            const uint8_t *codes = w->codes + row * stride;                                        \
+            const float *scales = w->scales + (row / NTK_TILE) * w->scale_tile_stride;             \
+            __m256 acc = _mm256_setzero_ps();                                                      \
+            for (size_t g = 0; g < w->groups; g++) {                                               \
+                const int8_t *xg = a->x + g * NTK_GROUP;                                           \
+                __m512i x0 = _mm512_broadcast_i64x4(_mm256_load_si256((const __m256i *)xg));       \
+                __m512i x1 = _mm512_broadcast_i64x4(_mm256_load_si256((const __m256i *)(xg + 32))); \
+                __m512i x2 = _mm512_broadcast_i64x4(_mm256_load_si256((const __m256i *)(xg + 64))); \
+                __m512i x3 = _mm512_broadcast_i64x4(_mm256_load_si256((const __m256i *)(xg + 96))); \
+                __m256i s[8];                                                                      \
+                for (int r = 0; r < 4; r++) {                                                      \
+                    __m512i v = load_row_pair(codes + r * stride + g * NTK_GROUP_BYTES, stride);   \
+                    __m512i lo = _mm512_and_si512(v, nibble);                                      \
+                    __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);                \
+                    __m512i c0 = _mm512_shuffle_epi8(lut_lo, lo);                                  \
+                    __m512i c1 = _mm512_shuffle_epi8(lut_hi, lo);                                  \
+                    __m512i c2 = _mm512_shuffle_epi8(lut_lo, hi);                                  \
+                    __m512i c3 = _mm512_shuffle_epi8(lut_hi, hi);                                  \
+                    split_pair(PAIR_SUM(c0, c1, c2, c3, x0, x1, x2, x3), &s[r], &s[r + 4]);         \
+                }                                                                                  \
+                __m256i dots = _mm256_sub_epi32(reduce8_epi32(s), _mm256_set1_epi32(a->x_sums[g])); \
+                acc = _mm256_fmadd_ps(_mm256_load_ps(scales + g * NTK_TILE),                       \
+                                      _mm256_cvtepi32_ps(dots), acc);                              \
+            }                                                                                      \
+            float out[NTK_TILE];                                                                   \
+            _mm256_storeu_ps(out, _mm256_mul_ps(acc, _mm256_set1_ps(a->act_scales[0])));           \
+            for (size_t r = 0; r < count; r++) y[i + r] = out[r];                                  \
+        }                                                                                          \
+    }
+
+/* sum(c * x) as 16 int32 per register with maddubs (int16) then madd with ones (int32). */
+NTK_AVX512BW static inline __m512i pair_sum_bw(__m512i c0, __m512i c1, __m512i c2, __m512i c3,
+                                               __m512i x0, __m512i x1, __m512i x2, __m512i x3) {
+    __m512i s = _mm512_maddubs_epi16(c0, x0);
+    s = _mm512_add_epi16(s, _mm512_maddubs_epi16(c1, x1));
+    s = _mm512_add_epi16(s, _mm512_maddubs_epi16(c2, x2));
+    s = _mm512_add_epi16(s, _mm512_maddubs_epi16(c3, x3));
+    return _mm512_madd_epi16(s, _mm512_set1_epi16(1));
+}
+
+/* sum(c * x) as 16 int32 per register with vpdpbusd. */
+NTK_AVX512VNNI static inline __m512i pair_sum_vnni(__m512i c0, __m512i c1, __m512i c2,
+                                                   __m512i c3, __m512i x0, __m512i x1, __m512i x2,
+                                                   __m512i x3) {
+    __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c0, x0);
+    s = _mm512_dpbusd_epi32(s, c1, x1);
+    s = _mm512_dpbusd_epi32(s, c2, x2);
+    return _mm512_dpbusd_epi32(s, c3, x3);
+}
+
+NTK_DEFINE_GEMV_AVX512(ntk_gemv_i2p_i8_avx512bw, NTK_AVX512BW, pair_sum_bw)
+NTK_DEFINE_GEMV_AVX512(ntk_gemv_i2p_i8_avx512vnni, NTK_AVX512VNNI, pair_sum_vnni)
+
+int ntk_has_x86_kernels(void) { return 1; }
+#else
+int ntk_has_x86_kernels(void) { return 0; }
+#endif

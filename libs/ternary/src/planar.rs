@@ -1,0 +1,386 @@
+//! Planar runtime weights: the form every kernel reads (DESIGN.md, "Numerics": codes and scales in
+//! separate 128-byte-aligned buffers, never an interleaved `[codes|scale]` stride).
+//!
+//! Layout (documented in docs/formats.md):
+//! - Rows are padded to a multiple of [`ROW_TILE`] (padding rows have zero codes and zero scales), so
+//!   SIMD kernels always work on whole tiles of 8 rows.
+//! - `codes`: row `r` starts at `r * code_row_stride` (a multiple of 128 bytes, so every row starts
+//!   aligned); group `g` of the row takes the 32 bytes at `g * 32`. Inside a group, byte `i` holds
+//!   weights `i`, `i + 32`, `i + 64`, `i + 96` of the group at bits 0, 2, 4, 6 (BitNet codes): one
+//!   32-byte load plus a shift and masks gives four 32-lane vectors of consecutive weights. Weights
+//!   past `cols` in the last group have code 00.
+//! - `scales`: one f32 per (row, group), tile-interleaved: tile `t = r / 8` starts at
+//!   `t * scale_tile_stride` (a multiple of 32 floats = 128 bytes), and inside it the scale of row
+//!   `r` for group `g` is at `g * 8 + r % 8`: one aligned 32-byte load gives group `g` of 8 rows.
+//!
+//! The file form (GGUF) is different: row-major packed codes, weight `j` in byte `j / 4` at bits
+//! `2 * (j % 4)` ([`crate::trit`]), and row-major `[rows, groups]` scales. Loading repacks once.
+
+use crate::aligned::AlignedVec;
+use crate::trit::{self, CodeHistogram};
+use crate::{groups_for, quant, GROUP_CODE_BYTES, GROUP_SIZE};
+
+/// Rows processed together by the SIMD kernels; row counts are padded to a multiple of it.
+pub const ROW_TILE: usize = 8;
+
+/// Floats per 128 bytes.
+const FLOATS_PER_LINE: usize = crate::ALIGNMENT / 4;
+
+/// Why weights could not be built.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PlanarError {
+    #[error("weight matrix must have at least one row and one column, got {rows}x{cols}")]
+    EmptyShape { rows: usize, cols: usize },
+    #[error("{what}: expected {expected} elements for a {rows}x{cols} matrix, got {actual}")]
+    Length {
+        what: &'static str,
+        rows: usize,
+        cols: usize,
+        expected: usize,
+        actual: usize,
+    },
+    #[error("scale of row {row}, group {group} is {value}: scales must be finite and non-negative")]
+    BadScale { row: usize, group: usize, value: String },
+}
+
+/// Ternary weights `[rows, cols]` in planar runtime form.
+#[derive(Clone)]
+pub struct PlanarWeights {
+    rows: usize,
+    cols: usize,
+    groups: usize,
+    code_row_stride: usize,
+    scale_tile_stride: usize,
+    codes: AlignedVec<u8>,
+    scales: AlignedVec<f32>,
+}
+
+impl std::fmt::Debug for PlanarWeights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlanarWeights")
+            .field("rows", &self.rows)
+            .field("cols", &self.cols)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Byte and bit position of weight `j` of a row in the planar code layout.
+#[inline]
+fn code_position(j: usize) -> (usize, u32) {
+    let (group, offset) = (j / GROUP_SIZE, j % GROUP_SIZE);
+    let byte = group * GROUP_CODE_BYTES + offset % GROUP_CODE_BYTES;
+    (byte, 2 * (offset / GROUP_CODE_BYTES) as u32)
+}
+
+fn check_len(
+    what: &'static str,
+    rows: usize,
+    cols: usize,
+    expected: usize,
+    actual: usize,
+) -> Result<(), PlanarError> {
+    if expected == actual {
+        Ok(())
+    } else {
+        Err(PlanarError::Length {
+            what,
+            rows,
+            cols,
+            expected,
+            actual,
+        })
+    }
+}
+
+impl PlanarWeights {
+    /// Zero weights of the given shape (all codes 00, all scales 0).
+    fn zeroed(rows: usize, cols: usize) -> Result<Self, PlanarError> {
+        if rows == 0 || cols == 0 {
+            return Err(PlanarError::EmptyShape { rows, cols });
+        }
+        let groups = groups_for(cols);
+        let code_row_stride = (groups * GROUP_CODE_BYTES).next_multiple_of(crate::ALIGNMENT);
+        let scale_tile_stride = (groups * ROW_TILE).next_multiple_of(FLOATS_PER_LINE);
+        let tiles = rows.div_ceil(ROW_TILE);
+        Ok(Self {
+            rows,
+            cols,
+            groups,
+            code_row_stride,
+            scale_tile_stride,
+            codes: AlignedVec::zeroed(tiles * ROW_TILE * code_row_stride),
+            scales: AlignedVec::zeroed(tiles * scale_tile_stride),
+        })
+    }
+
+    fn scale_index(&self, row: usize, group: usize) -> usize {
+        (row / ROW_TILE) * self.scale_tile_stride + group * ROW_TILE + row % ROW_TILE
+    }
+
+    fn set_scales(&mut self, scales: &[f32]) -> Result<(), PlanarError> {
+        check_len("scales", self.rows, self.cols, self.rows * self.groups, scales.len())?;
+        for (i, &value) in scales.iter().enumerate() {
+            let (row, group) = (i / self.groups, i % self.groups);
+            if !(value.is_finite() && value >= 0.0) {
+                return Err(PlanarError::BadScale {
+                    row,
+                    group,
+                    value: value.to_string(),
+                });
+            }
+            let index = self.scale_index(row, group);
+            self.scales[index] = value;
+        }
+        Ok(())
+    }
+
+    fn put_code(&mut self, row: usize, j: usize, code: u8) {
+        let (byte, shift) = code_position(j);
+        self.codes[row * self.code_row_stride + byte] |= (code & 0b11) << shift;
+    }
+
+    /// Quantizes row-major f32 weights with the absmean group quantizer of [`quant`].
+    pub fn from_f32(rows: usize, cols: usize, weights: &[f32]) -> Result<Self, PlanarError> {
+        check_len("weights", rows, cols, rows * cols, weights.len())?;
+        let groups = groups_for(cols);
+        let mut values = vec![0i8; rows * cols];
+        let mut scales = vec![0f32; rows * groups];
+        for ((row, out), row_scales) in weights
+            .chunks(cols)
+            .zip(values.chunks_mut(cols))
+            .zip(scales.chunks_mut(groups))
+        {
+            quant::quantize_weight_row(row, out, row_scales);
+        }
+        Self::from_trits(rows, cols, &values, &scales)
+    }
+
+    /// From row-major trits (`[rows, cols]`, values in -1..=1) and row-major `[rows, groups]` scales.
+    pub fn from_trits(
+        rows: usize,
+        cols: usize,
+        values: &[i8],
+        scales: &[f32],
+    ) -> Result<Self, PlanarError> {
+        let mut w = Self::zeroed(rows, cols)?;
+        check_len("trits", rows, cols, rows * cols, values.len())?;
+        w.set_scales(scales)?;
+        for (row, row_values) in values.chunks(cols).enumerate() {
+            for (j, &v) in row_values.iter().enumerate() {
+                w.put_code(row, j, trit::encode(v));
+            }
+        }
+        Ok(w)
+    }
+
+    /// From the file form: row-major packed codes (`trit::packed_len(cols)` bytes a row, any code,
+    /// invalid ones kept as they are) and row-major `[rows, groups]` scales.
+    pub fn from_packed(
+        rows: usize,
+        cols: usize,
+        packed: &[u8],
+        scales: &[f32],
+    ) -> Result<Self, PlanarError> {
+        let mut w = Self::zeroed(rows, cols)?;
+        let row_bytes = trit::packed_len(cols);
+        check_len("packed codes (bytes)", rows, cols, rows * row_bytes, packed.len())?;
+        w.set_scales(scales)?;
+        for (row, row_codes) in packed.chunks(row_bytes).enumerate() {
+            for j in 0..cols {
+                w.put_code(row, j, trit::packed_code(row_codes, j));
+            }
+        }
+        Ok(w)
+    }
+
+    /// The file form: row-major packed codes and row-major `[rows, groups]` scales.
+    pub fn to_packed(&self) -> (Vec<u8>, Vec<f32>) {
+        let row_bytes = trit::packed_len(self.cols);
+        let mut packed = vec![0u8; self.rows * row_bytes];
+        for (row, out) in packed.chunks_mut(row_bytes).enumerate() {
+            for j in 0..self.cols {
+                out[j / 4] |= self.code(row, j) << (2 * (j % 4));
+            }
+        }
+        let scales = (0..self.rows)
+            .flat_map(|r| (0..self.groups).map(move |g| (r, g)))
+            .map(|(r, g)| self.scale(r, g))
+            .collect();
+        (packed, scales)
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    pub fn groups(&self) -> usize {
+        self.groups
+    }
+
+    /// Rows rounded up to whole [`ROW_TILE`]s: the rows present in the buffers.
+    pub fn padded_rows(&self) -> usize {
+        self.rows.next_multiple_of(ROW_TILE)
+    }
+
+    /// Bytes from one row's codes to the next (a multiple of 128).
+    pub fn code_row_stride(&self) -> usize {
+        self.code_row_stride
+    }
+
+    /// Floats from one tile's scales to the next (a multiple of 32).
+    pub fn scale_tile_stride(&self) -> usize {
+        self.scale_tile_stride
+    }
+
+    /// The whole code buffer (128-byte aligned).
+    pub fn codes(&self) -> &[u8] {
+        &self.codes
+    }
+
+    /// The whole scale buffer (128-byte aligned).
+    pub fn scales(&self) -> &[f32] {
+        &self.scales
+    }
+
+    /// Raw 2-bit code of weight `j` of `row` (may be the invalid code 10).
+    #[inline]
+    pub fn code(&self, row: usize, j: usize) -> u8 {
+        let (byte, shift) = code_position(j);
+        (self.codes[row * self.code_row_stride + byte] >> shift) & 0b11
+    }
+
+    /// Scale of `group` of `row`.
+    #[inline]
+    pub fn scale(&self, row: usize, group: usize) -> f32 {
+        self.scales[self.scale_index(row, group)]
+    }
+
+    /// Dequantized row (`code → trit`, times its group scale); invalid codes give 0.
+    pub fn dequantize_row(&self, row: usize) -> Vec<f32> {
+        (0..self.cols)
+            .map(|j| trit::decode(self.code(row, j)) as f32 * self.scale(row, j / GROUP_SIZE))
+            .collect()
+    }
+
+    /// Counts of -1, 0, +1 and invalid codes over the real (unpadded) weights.
+    pub fn histogram(&self) -> CodeHistogram {
+        let mut h = CodeHistogram::default();
+        for row in 0..self.rows {
+            for j in 0..self.cols {
+                match self.code(row, j) {
+                    0b00 => h.zero += 1,
+                    0b01 => h.plus_one += 1,
+                    0b11 => h.minus_one += 1,
+                    _ => h.invalid += 1,
+                }
+            }
+        }
+        h
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn trits_and_scales(rows: usize, cols: usize, seed: u64) -> (Vec<i8>, Vec<f32>) {
+        let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut next = || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+            (state >> 33) as u32
+        };
+        let values = (0..rows * cols).map(|_| (next() % 3) as i8 - 1).collect();
+        let scales = (0..rows * groups_for(cols))
+            .map(|_| (next() % 1000) as f32 / 997.0)
+            .collect();
+        (values, scales)
+    }
+
+    #[test]
+    fn buffers_are_aligned_and_rows_start_aligned() {
+        for (rows, cols) in [(1, 1), (3, 130), (9, 4096), (17, 11008), (8, 200)] {
+            let (values, scales) = trits_and_scales(rows, cols, 1);
+            let w = PlanarWeights::from_trits(rows, cols, &values, &scales).unwrap();
+            assert_eq!(w.codes().as_ptr() as usize % crate::ALIGNMENT, 0);
+            assert_eq!(w.scales().as_ptr() as usize % crate::ALIGNMENT, 0);
+            assert_eq!(w.code_row_stride() % crate::ALIGNMENT, 0);
+            assert_eq!(w.scale_tile_stride() % FLOATS_PER_LINE, 0);
+            assert_eq!(w.codes().len(), w.padded_rows() * w.code_row_stride());
+        }
+    }
+
+    #[test]
+    fn bad_shapes_and_scales_are_errors() {
+        assert!(matches!(
+            PlanarWeights::from_f32(0, 4, &[]),
+            Err(PlanarError::EmptyShape { .. })
+        ));
+        assert!(matches!(
+            PlanarWeights::from_f32(2, 4, &[0.0; 7]),
+            Err(PlanarError::Length { expected: 8, .. })
+        ));
+        assert!(matches!(
+            PlanarWeights::from_packed(1, 4, &[0], &[f32::NAN]),
+            Err(PlanarError::BadScale { .. })
+        ));
+        assert!(matches!(
+            PlanarWeights::from_packed(1, 5, &[0], &[1.0]),
+            Err(PlanarError::Length { .. })
+        ));
+    }
+
+    #[test]
+    fn invalid_codes_survive_repacking_and_dequantize_to_zero() {
+        let packed = [0b10_11_01_10u8, 0b10];
+        let w = PlanarWeights::from_packed(1, 5, &packed, &[2.0]).unwrap();
+        assert_eq!(w.histogram().invalid, 3);
+        assert_eq!(w.dequantize_row(0), vec![0.0, 2.0, -2.0, 0.0, 0.0]);
+        assert_eq!(w.to_packed().0, packed);
+    }
+
+    proptest! {
+        #[test]
+        fn packed_round_trip_keeps_every_code_and_scale(
+            rows in 1usize..12, cols in 1usize..300, seed in any::<u64>()
+        ) {
+            let (values, scales) = trits_and_scales(rows, cols, seed);
+            let w = PlanarWeights::from_trits(rows, cols, &values, &scales).unwrap();
+            for r in 0..rows {
+                for j in 0..cols {
+                    prop_assert_eq!(trit::decode(w.code(r, j)), values[r * cols + j]);
+                }
+            }
+            let (packed, back_scales) = w.to_packed();
+            prop_assert_eq!(&back_scales, &scales);
+            let again = PlanarWeights::from_packed(rows, cols, &packed, &back_scales).unwrap();
+            prop_assert_eq!(again.codes(), w.codes());
+            prop_assert_eq!(again.scales(), w.scales());
+        }
+
+        /// pack → unpack of real weights is within one group scale of the original (absmean rounding).
+        #[test]
+        fn f32_round_trip_within_group_scale(
+            rows in 1usize..5, cols in 1usize..400, seed in any::<u64>()
+        ) {
+            let mut state = seed | 1;
+            let weights: Vec<f32> = (0..rows * cols).map(|_| {
+                state ^= state << 13; state ^= state >> 7; state ^= state << 17;
+                ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2
+            }).collect();
+            let w = PlanarWeights::from_f32(rows, cols, &weights).unwrap();
+            for r in 0..rows {
+                let back = w.dequantize_row(r);
+                for j in 0..cols {
+                    let s = w.scale(r, j / GROUP_SIZE);
+                    let original = weights[r * cols + j];
+                    prop_assert!((back[j] - original).abs() <= s.max(original.abs() - s) + 1e-7);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! The two quantizers of DESIGN.md ("Numerics"), one definition for training, export and inference.
+//!
+//! - Weights: per group of [`GROUP_SIZE`] weights along the input dimension, `s = max(mean|w|, eps)`,
+//!   `q = clamp(round(w / s), -1, 1)`; the dequantized weight is `q * s`.
+//! - Activations: per token (vector), `a = max|x|`, `x_q = clamp(round(x * 127 / a), -127, 127)` as
+//!   i8, `act_scale = a / 127`; an all-zero vector gives zeros and scale 0, never NaN.
+//!
+//! `round` is `f32::round` (half away from zero) everywhere, and `x * 127 / a` is evaluated left to
+//! right, so every caller that re-implements these (the candle training graph) gets the same bits.
+
+use crate::aligned::AlignedVec;
+use crate::{groups_for, GROUP_SIZE};
+
+/// Lower bound of a weight group's scale: keeps all-zero (or tiny) groups finite, as BitNet does.
+pub const WEIGHT_SCALE_EPS: f32 = 1e-5;
+
+/// Largest magnitude of a quantized activation.
+pub const ACT_MAX: f32 = 127.0;
+
+/// Absmean scale of one weight group (at most [`GROUP_SIZE`] weights).
+pub fn weight_group_scale(group: &[f32]) -> f32 {
+    debug_assert!(!group.is_empty() && group.len() <= GROUP_SIZE);
+    let sum: f32 = group.iter().map(|w| w.abs()).sum();
+    (sum / group.len() as f32).max(WEIGHT_SCALE_EPS)
+}
+
+/// Ternary value of one weight given its group scale.
+#[inline]
+pub fn quantize_weight(w: f32, scale: f32) -> i8 {
+    (w / scale).round().clamp(-1.0, 1.0) as i8
+}
+
+/// Quantizes one row of weights: `values` gets a trit per weight, `scales` one scale per group.
+pub fn quantize_weight_row(row: &[f32], values: &mut [i8], scales: &mut [f32]) {
+    assert_eq!(values.len(), row.len(), "quantize_weight_row: values length");
+    assert_eq!(scales.len(), groups_for(row.len()), "quantize_weight_row: scales length");
+    for ((group, out), scale) in row
+        .chunks(GROUP_SIZE)
+        .zip(values.chunks_mut(GROUP_SIZE))
+        .zip(scales.iter_mut())
+    {
+        *scale = weight_group_scale(group);
+        for (v, &w) in out.iter_mut().zip(group) {
+            *v = quantize_weight(w, *scale);
+        }
+    }
+}
+
+/// Quantizes one vector into `out` (zero-padded to whole groups) and `group_sums`; returns the
+/// activation scale `a / 127`.
+fn quantize_into(x: &[f32], out: &mut [i8], group_sums: &mut [i32]) -> f32 {
+    let absmax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    out.fill(0);
+    if absmax > 0.0 {
+        for (q, &v) in out.iter_mut().zip(x) {
+            *q = (v * ACT_MAX / absmax).round().clamp(-ACT_MAX, ACT_MAX) as i8;
+        }
+    }
+    fill_group_sums(out, group_sums);
+    absmax / ACT_MAX
+}
+
+fn fill_group_sums(padded: &[i8], group_sums: &mut [i32]) {
+    for (sum, group) in group_sums.iter_mut().zip(padded.chunks(GROUP_SIZE)) {
+        *sum = group.iter().map(|&v| v as i32).sum();
+    }
+}
+
+/// One activation vector quantized to int8, padded with zeros to whole groups, with the per-group
+/// sums of its values that the SIMD kernels need (they compute `Σ (w+1)·x` and subtract `Σ x`).
+#[derive(Clone, Debug)]
+pub struct QuantizedActivations {
+    values: AlignedVec<i8>,
+    group_sums: Vec<i32>,
+    len: usize,
+    scale: f32,
+}
+
+impl QuantizedActivations {
+    fn zeroed(len: usize) -> Self {
+        Self {
+            values: AlignedVec::zeroed(groups_for(len) * GROUP_SIZE),
+            group_sums: vec![0; groups_for(len)],
+            len,
+            scale: 0.0,
+        }
+    }
+
+    /// Number of real (unpadded) values.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The quantized values, zero-padded to a whole number of groups (128-byte aligned).
+    pub fn padded_values(&self) -> &[i8] {
+        &self.values
+    }
+
+    /// The real values (`len()` of them).
+    pub fn values(&self) -> &[i8] {
+        &self.values[..self.len]
+    }
+
+    /// `Σ x_q` over each group.
+    pub fn group_sums(&self) -> &[i32] {
+        &self.group_sums
+    }
+
+    /// `a / 127`: the real value of one quantized unit.
+    pub fn scale(&self) -> f32 {
+        self.scale
+    }
+
+    /// The scale as a one-element slice (the kernels' batch-of-one view).
+    pub(crate) fn scale_slice(&self) -> &[f32] {
+        std::slice::from_ref(&self.scale)
+    }
+
+    /// Builds from already quantized values (tests and tools that construct inputs directly).
+    pub fn from_quantized(values: &[i8], scale: f32) -> Self {
+        let mut q = Self::zeroed(values.len());
+        q.values[..values.len()].copy_from_slice(values);
+        fill_group_sums(&q.values, &mut q.group_sums);
+        q.scale = scale;
+        q
+    }
+}
+
+/// Absmax int8 quantization of one activation vector. Non-finite inputs are the caller's bug: they
+/// give an unspecified (but non-panicking) result.
+pub fn quantize_activations(x: &[f32]) -> QuantizedActivations {
+    let mut q = QuantizedActivations::zeroed(x.len());
+    q.scale = quantize_into(x, &mut q.values, &mut q.group_sums);
+    q
+}
+
+/// Several activation vectors of the same length, each with its own scale, stored contiguously
+/// (vector `b` at `b * padded_len()`): the input of the GEMM path (prefill, batched decode).
+#[derive(Clone, Debug)]
+pub struct QuantizedBatch {
+    values: AlignedVec<i8>,
+    group_sums: Vec<i32>,
+    scales: Vec<f32>,
+    len: usize,
+}
+
+impl QuantizedBatch {
+    /// Quantizes the rows of a row-major `[batch, len]` slice, each with its own absmax scale.
+    pub fn quantize(x: &[f32], len: usize) -> Self {
+        assert!(len > 0 && x.len() % len == 0, "QuantizedBatch: x is not [batch, len]");
+        let batch = x.len() / len;
+        let (padded, groups) = (groups_for(len) * GROUP_SIZE, groups_for(len));
+        let mut q = Self {
+            values: AlignedVec::zeroed(batch * padded),
+            group_sums: vec![0; batch * groups],
+            scales: vec![0.0; batch],
+            len,
+        };
+        for (((row, out), sums), scale) in x
+            .chunks(len)
+            .zip(q.values.chunks_mut(padded))
+            .zip(q.group_sums.chunks_mut(groups))
+            .zip(q.scales.iter_mut())
+        {
+            *scale = quantize_into(row, out, sums);
+        }
+        q
+    }
+
+    /// Number of vectors.
+    pub fn batch(&self) -> usize {
+        self.scales.len()
+    }
+
+    /// Length of every vector.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.scales.is_empty()
+    }
+
+    /// Distance between consecutive vectors in [`Self::padded_values`] (a multiple of 128).
+    pub fn padded_len(&self) -> usize {
+        groups_for(self.len) * GROUP_SIZE
+    }
+
+    /// All vectors, each zero-padded to whole groups.
+    pub fn padded_values(&self) -> &[i8] {
+        &self.values
+    }
+
+    /// Real values of vector `b`.
+    pub fn values(&self, b: usize) -> &[i8] {
+        let start = b * self.padded_len();
+        &self.values[start..start + self.len]
+    }
+
+    /// Group sums, `[batch, groups]`.
+    pub fn group_sums(&self) -> &[i32] {
+        &self.group_sums
+    }
+
+    /// Activation scale of each vector.
+    pub fn scales(&self) -> &[f32] {
+        &self.scales
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn all_zero_group_quantizes_to_zeros_with_finite_scale() {
+        let row = [0.0f32; 300];
+        let mut values = [7i8; 300];
+        let mut scales = [f32::NAN; 3];
+        quantize_weight_row(&row, &mut values, &mut scales);
+        assert!(values.iter().all(|&v| v == 0));
+        assert!(scales.iter().all(|&s| s == WEIGHT_SCALE_EPS));
+    }
+
+    #[test]
+    fn all_zero_activations_give_zeros_and_zero_scale() {
+        let q = quantize_activations(&[0.0; 200]);
+        assert!(q.values().iter().all(|&v| v == 0));
+        assert_eq!(q.scale(), 0.0);
+        assert!(!q.scale().is_nan());
+        assert_eq!(q.group_sums(), &[0, 0]);
+    }
+
+    #[test]
+    fn activation_extremes_map_to_plus_minus_127() {
+        let q = quantize_activations(&[-2.0, 1.0, 2.0, 0.0]);
+        assert_eq!(q.values(), &[-127, 64, 127, 0]);
+        assert_eq!(q.scale(), 2.0 / 127.0);
+        assert_eq!(q.padded_values().len(), GROUP_SIZE);
+        assert_eq!(q.group_sums(), &[64]);
+    }
+
+    #[test]
+    fn weights_round_half_away_from_zero_and_clamp() {
+        assert_eq!(quantize_weight(0.5, 1.0), 1);
+        assert_eq!(quantize_weight(-0.5, 1.0), -1);
+        assert_eq!(quantize_weight(0.49, 1.0), 0);
+        assert_eq!(quantize_weight(9.0, 1.0), 1);
+        assert_eq!(quantize_weight(-9.0, 1.0), -1);
+    }
+
+    proptest! {
+        /// Dequantized weights stay within one group scale of the originals for weights within
+        /// 1.5 scales (clamping aside, rounding moves a value by at most half a scale).
+        #[test]
+        fn dequantization_error_is_bounded_by_the_scale(
+            row in proptest::collection::vec(-4.0f32..4.0, 1..400)
+        ) {
+            let mut values = vec![0i8; row.len()];
+            let mut scales = vec![0f32; groups_for(row.len())];
+            quantize_weight_row(&row, &mut values, &mut scales);
+            for (j, (&w, &q)) in row.iter().zip(&values).enumerate() {
+                let s = scales[j / GROUP_SIZE];
+                prop_assert!(s.is_finite() && s > 0.0);
+                let err = (w - q as f32 * s).abs();
+                let clamp_excess = (w.abs() - s).max(0.0);
+                prop_assert!(err <= 0.5 * s * 1.0001 + clamp_excess, "w {} q {} s {}", w, q, s);
+            }
+        }
+
+        #[test]
+        fn activation_round_trip_within_half_a_unit(
+            x in proptest::collection::vec(-100.0f32..100.0, 1..300)
+        ) {
+            let q = quantize_activations(&x);
+            prop_assert!(q.scale().is_finite());
+            for (&v, &xq) in x.iter().zip(q.values()) {
+                prop_assert!((v - xq as f32 * q.scale()).abs() <= 0.5 * q.scale() * 1.001 + 1e-6);
+            }
+            let sums: i32 = q.group_sums().iter().sum();
+            prop_assert_eq!(sums, q.values().iter().map(|&v| v as i32).sum::<i32>());
+        }
+    }
+}
