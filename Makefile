@@ -1,0 +1,41 @@
+# nanochat-rs-ternary: one Makefile for building, testing and (as the tools land) the whole flow.
+# Every cargo call uses the release profile: kernels are only meaningful optimised, and one profile
+# means the dependency tree is compiled once.
+
+CARGO ?= cargo
+BIN := target/release
+
+.PHONY: all build test lint fmt verify bench bench-quick clean
+
+all: build verify
+
+build:
+	$(CARGO) build --release --workspace --bins
+
+# THE test command (CI runs it): formatting, lints, every unit and cross-tool test.
+test: lint
+	$(CARGO) test --release --workspace
+
+lint:
+	$(CARGO) fmt --all -- --check
+	@if $(CARGO) clippy --version >/dev/null 2>&1; then \
+		$(CARGO) clippy --release --workspace --all-targets -- -D warnings; \
+	else echo "cargo clippy is not installed: lints skipped"; fi
+
+fmt:
+	$(CARGO) fmt --all
+
+# Every kernel this CPU runs against the Rust reference, bit for bit.
+verify: build
+	$(BIN)/verify-triangle
+
+# Kernel throughput and this machine's memory bandwidth (docs/BENCHMARKS.md has the figures).
+bench: build
+	$(BIN)/gemv-bench
+	$(BIN)/gemv-bench --cold
+
+bench-quick: build
+	$(BIN)/gemv-bench --shape 4096x4096 --batch 1 --repeats 5
+
+clean:
+	$(CARGO) clean
