@@ -1,0 +1,5 @@
+fn main() {
+    for k in ternary::Kernel::available() {
+        println!("{k}");
+    }
+}
