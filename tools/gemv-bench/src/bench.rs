@@ -1,0 +1,236 @@
+//! The measurements: for every (shape, kernel, threads, batch) the median time of one call over
+//! repeated samples, turned into GOPS, weight bytes per second and a share of the measured read
+//! bandwidth at the same thread count.
+
+use crate::bandwidth::Probe;
+use serde_json::json;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+use ternary::{kernels, Kernel, PlanarWeights, QuantizedBatch, GROUP_CODE_BYTES};
+
+/// With `--cold`, the copies of a matrix together take at least this many bytes, far beyond any
+/// last-level cache of the machines this runs on (32 MiB here).
+const COLD_SET_BYTES: usize = 1 << 30;
+
+/// What to measure.
+pub struct Plan {
+    pub shapes: Vec<(usize, usize)>,
+    pub kernels: Vec<Kernel>,
+    pub threads: Vec<usize>,
+    pub batches: Vec<usize>,
+    pub repeats: usize,
+    pub min_sample: Duration,
+    pub cold: bool,
+    pub seed: u64,
+}
+
+/// One measured configuration.
+pub struct Row {
+    kernel: Kernel,
+    shape: (usize, usize),
+    threads: usize,
+    batch: usize,
+    seconds: f64,
+    gops: f64,
+    weight_bytes_per_s: f64,
+    bandwidth_share: f64,
+}
+
+pub struct Report {
+    cpu: String,
+    cold: bool,
+    bandwidth: Vec<(usize, f64)>,
+    rows: Vec<Row>,
+}
+
+fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, name)| name.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+/// Deterministic pseudo-random values in [-0.5, 0.5).
+fn random_values(count: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    (0..count)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .collect()
+}
+
+/// Bytes a call reads from the weights: 32 bytes of codes and one f32 scale per group of 128.
+fn weight_bytes(w: &PlanarWeights) -> usize {
+    w.rows() * w.groups() * (GROUP_CODE_BYTES + 4)
+}
+
+/// Median seconds of one call of `call(i)` (i counts calls, to rotate cold copies).
+fn median_call_time(repeats: usize, min_sample: Duration, mut call: impl FnMut(usize)) -> f64 {
+    call(0); // warm-up: page faults, thread start, caches
+    let mut calls = 1;
+    let mut samples: Vec<f64> = (0..repeats)
+        .map(|_| {
+            let (start, mut n) = (Instant::now(), 0usize);
+            while n == 0 || start.elapsed() < min_sample {
+                call(calls);
+                calls += 1;
+                n += 1;
+            }
+            start.elapsed().as_secs_f64() / n as f64
+        })
+        .collect();
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+pub fn run(plan: &Plan) -> Result<Report, String> {
+    eprintln!("gemv-bench: measuring memory read bandwidth...");
+    let probe = Probe::new();
+    let mut bandwidth = Vec::new();
+    for &t in &plan.threads {
+        let rate = probe.read_bandwidth(t)?;
+        eprintln!("  read bandwidth, {t} thread(s): {:.1} GB/s", rate / 1e9);
+        bandwidth.push((t, rate));
+    }
+    drop(probe);
+    let pools = plan
+        .threads
+        .iter()
+        .map(|&t| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(t)
+                .build()
+                .map_err(|e| format!("cannot start {t} threads: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let mut rows = Vec::new();
+    for &(m, k) in &plan.shapes {
+        let w = PlanarWeights::from_f32(m, k, &random_values(m * k, plan.seed))
+            .map_err(|e| e.to_string())?;
+        let bytes = weight_bytes(&w);
+        let copies = if plan.cold { COLD_SET_BYTES.div_ceil(bytes).max(2) } else { 1 };
+        let weights: Vec<PlanarWeights> = vec![w; copies];
+        for &batch in &plan.batches {
+            let x = QuantizedBatch::quantize(&random_values(k * batch, plan.seed + 1), k);
+            let mut y = vec![0f32; m * batch];
+            for &kernel in &plan.kernels {
+                for (&threads, pool) in plan.threads.iter().zip(&pools) {
+                    eprint!("  {kernel:>10} {m}x{k} batch {batch:>2} threads {threads}...");
+                    let mut error = None;
+                    let seconds = pool.install(|| {
+                        median_call_time(plan.repeats, plan.min_sample, |i| {
+                            let w = &weights[i % copies];
+                            let result = if threads == 1 {
+                                kernels::gemm(kernel, w, &x, &mut y)
+                            } else {
+                                kernels::par_gemm(kernel, w, &x, &mut y)
+                            };
+                            if let Err(e) = result {
+                                error.get_or_insert(e);
+                            }
+                            black_box(&y);
+                        })
+                    });
+                    if let Some(e) = error {
+                        return Err(format!("{kernel} {m}x{k}: {e}"));
+                    }
+                    let rate = bandwidth
+                        .iter()
+                        .find(|(t, _)| *t == threads)
+                        .map_or(f64::NAN, |&(_, r)| r);
+                    let row = Row {
+                        kernel,
+                        shape: (m, k),
+                        threads,
+                        batch,
+                        seconds,
+                        gops: 2.0 * (m * k * batch) as f64 / seconds / 1e9,
+                        weight_bytes_per_s: bytes as f64 / seconds,
+                        bandwidth_share: bytes as f64 / seconds / rate,
+                    };
+                    eprintln!(" {:.1} GOPS", row.gops);
+                    rows.push(row);
+                }
+            }
+        }
+    }
+    Ok(Report {
+        cpu: cpu_name(),
+        cold: plan.cold,
+        bandwidth,
+        rows,
+    })
+}
+
+impl Report {
+    pub fn to_table(&self) -> String {
+        let mut out = format!(
+            "cpu: {}   weights: {}\n",
+            self.cpu,
+            if self.cold { "cold (streamed from memory)" } else { "warm (repeated, cache-resident where they fit)" }
+        );
+        for (t, rate) in &self.bandwidth {
+            out += &format!("memory read bandwidth, {t} thread(s): {:.2} GB/s\n", rate / 1e9);
+        }
+        out += &format!(
+            "{:<11} {:>11} {:>7} {:>5} {:>11} {:>8} {:>10} {:>7}\n",
+            "kernel", "shape", "threads", "batch", "median_us", "GOPS", "weight_GB/s", "%read_bw"
+        );
+        for r in &self.rows {
+            out += &format!(
+                "{:<11} {:>11} {:>7} {:>5} {:>11.1} {:>8.1} {:>10.2} {:>7.1}\n",
+                r.kernel.name(),
+                format!("{}x{}", r.shape.0, r.shape.1),
+                r.threads,
+                r.batch,
+                r.seconds * 1e6,
+                r.gops,
+                r.weight_bytes_per_s / 1e9,
+                r.bandwidth_share * 100.0
+            );
+        }
+        out
+    }
+
+    pub fn to_json(&self) -> String {
+        let rows: Vec<_> = self
+            .rows
+            .iter()
+            .map(|r| {
+                json!({
+                    "kernel": r.kernel.name(),
+                    "rows": r.shape.0,
+                    "cols": r.shape.1,
+                    "threads": r.threads,
+                    "batch": r.batch,
+                    "median_seconds": r.seconds,
+                    "gops": r.gops,
+                    "weight_bytes_per_second": r.weight_bytes_per_s,
+                    "read_bandwidth_share": r.bandwidth_share,
+                })
+            })
+            .collect();
+        let bandwidth: Vec<_> = self
+            .bandwidth
+            .iter()
+            .map(|(t, rate)| json!({"threads": t, "bytes_per_second": rate}))
+            .collect();
+        json!({
+            "cpu": self.cpu,
+            "cold": self.cold,
+            "read_bandwidth": bandwidth,
+            "results": rows,
+        })
+        .to_string()
+    }
+}
