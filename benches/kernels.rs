@@ -23,7 +23,9 @@ fn bench_kernels(c: &mut Criterion) {
         let w = weights(rows, cols);
         let mut group = c.benchmark_group(format!("gemm_{rows}x{cols}"));
         for batch in [1usize, 4, 16] {
-            let x: Vec<f32> = (0..cols * batch).map(|i| (i % 255) as f32 - 127.0).collect();
+            let x: Vec<f32> = (0..cols * batch)
+                .map(|i| (i % 255) as f32 - 127.0)
+                .collect();
             let x = QuantizedBatch::quantize(&x, cols);
             let mut y = vec![0f32; rows * batch];
             group.throughput(Throughput::Elements((2 * rows * cols * batch) as u64));

@@ -61,7 +61,9 @@ impl<T: Pod> std::ops::DerefMut for AlignedVec<T> {
 
 impl<T: Pod + std::fmt::Debug> std::fmt::Debug for AlignedVec<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.as_slice().iter().take(16)).finish()
+        f.debug_list()
+            .entries(self.as_slice().iter().take(16))
+            .finish()
     }
 }
 

@@ -184,7 +184,9 @@ fn cpu_supports(kernel: Kernel) -> bool {
             && std::is_x86_feature_detected!("fma")
     };
     match kernel {
-        Kernel::Avx2 => std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"),
+        Kernel::Avx2 => {
+            std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+        }
         Kernel::Avx512Bw => avx512(),
         Kernel::Avx512Vnni => avx512() && std::is_x86_feature_detected!("avx512vnni"),
         _ => true,
@@ -430,7 +432,10 @@ fn run(
             };
         };
         if parallel {
-            (0..rows).into_par_iter().step_by(chunk_rows).for_each(chunk);
+            (0..rows)
+                .into_par_iter()
+                .step_by(chunk_rows)
+                .for_each(chunk);
         } else {
             (0..rows).step_by(chunk_rows).for_each(chunk);
         }
@@ -592,7 +597,14 @@ mod tests {
 
     #[test]
     fn every_available_kernel_matches_the_reference_bit_for_bit() {
-        for (rows, cols) in [(1, 1), (7, 130), (8, 128), (33, 300), (64, 1024), (13, 11008)] {
+        for (rows, cols) in [
+            (1, 1),
+            (7, 130),
+            (8, 128),
+            (33, 300),
+            (64, 1024),
+            (13, 11008),
+        ] {
             let w = random_weights(rows, cols, rows as u64);
             let x = quantize_activations(&activations(cols, 1, 3));
             let mut expected = vec![0f32; rows];
@@ -601,7 +613,10 @@ mod tests {
                 for parallel in [false, true] {
                     let mut y = vec![f32::NAN; rows];
                     run(kernel, &w, Acts::single(&x), &mut y, parallel).unwrap();
-                    let same = y.iter().zip(&expected).all(|(a, b)| a.to_bits() == b.to_bits());
+                    let same = y
+                        .iter()
+                        .zip(&expected)
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
                     assert!(same, "{kernel} {rows}x{cols} parallel={parallel}");
                 }
             }
@@ -619,7 +634,10 @@ mod tests {
             for kernel in Kernel::available() {
                 let mut y = vec![f32::NAN; rows * batch];
                 par_gemm(kernel, &w, &x, &mut y).unwrap();
-                let same = y.iter().zip(&expected).all(|(a, b)| a.to_bits() == b.to_bits());
+                let same = y
+                    .iter()
+                    .zip(&expected)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
                 assert!(same, "{kernel} batch {batch}");
             }
         }
@@ -632,13 +650,19 @@ mod tests {
         let mut y = vec![0f32; 4];
         assert!(matches!(
             gemv(Kernel::best(), &w, &x, &mut y),
-            Err(KernelError::InputLength { expected: 256, actual: 255 })
+            Err(KernelError::InputLength {
+                expected: 256,
+                actual: 255
+            })
         ));
         let x = quantize_activations(&activations(256, 1, 1));
         let mut short = vec![0f32; 3];
         assert!(matches!(
             gemv(Kernel::Scalar, &w, &x, &mut short),
-            Err(KernelError::OutputLength { expected: 4, actual: 3 })
+            Err(KernelError::OutputLength {
+                expected: 4,
+                actual: 3
+            })
         ));
     }
 
@@ -647,7 +671,10 @@ mod tests {
         for kernel in Kernel::compiled() {
             assert_eq!(Kernel::from_name(kernel.name()).unwrap(), kernel);
         }
-        assert!(matches!(Kernel::from_name("sse9"), Err(KernelError::UnknownName(_))));
+        assert!(matches!(
+            Kernel::from_name("sse9"),
+            Err(KernelError::UnknownName(_))
+        ));
         assert!(Kernel::available().contains(&Kernel::Reference));
     }
 }

@@ -39,8 +39,14 @@ pub enum PlanarError {
         expected: usize,
         actual: usize,
     },
-    #[error("scale of row {row}, group {group} is {value}: scales must be finite and non-negative")]
-    BadScale { row: usize, group: usize, value: String },
+    #[error(
+        "scale of row {row}, group {group} is {value}: scales must be finite and non-negative"
+    )]
+    BadScale {
+        row: usize,
+        group: usize,
+        value: String,
+    },
 }
 
 /// Ternary weights `[rows, cols]` in planar runtime form.
@@ -118,7 +124,13 @@ impl PlanarWeights {
     }
 
     fn set_scales(&mut self, scales: &[f32]) -> Result<(), PlanarError> {
-        check_len("scales", self.rows, self.cols, self.rows * self.groups, scales.len())?;
+        check_len(
+            "scales",
+            self.rows,
+            self.cols,
+            self.rows * self.groups,
+            scales.len(),
+        )?;
         for (i, &value) in scales.iter().enumerate() {
             let (row, group) = (i / self.groups, i % self.groups);
             if !(value.is_finite() && value >= 0.0) {
@@ -183,7 +195,13 @@ impl PlanarWeights {
     ) -> Result<Self, PlanarError> {
         let mut w = Self::zeroed(rows, cols)?;
         let row_bytes = trit::packed_len(cols);
-        check_len("packed codes (bytes)", rows, cols, rows * row_bytes, packed.len())?;
+        check_len(
+            "packed codes (bytes)",
+            rows,
+            cols,
+            rows * row_bytes,
+            packed.len(),
+        )?;
         w.set_scales(scales)?;
         for (row, row_codes) in packed.chunks(row_bytes).enumerate() {
             for j in 0..cols {
@@ -289,7 +307,9 @@ mod tests {
     use proptest::prelude::*;
 
     fn trits_and_scales(rows: usize, cols: usize, seed: u64) -> (Vec<i8>, Vec<f32>) {
-        let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut state = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let mut next = || {
             state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
             (state >> 33) as u32

@@ -32,8 +32,16 @@ pub fn quantize_weight(w: f32, scale: f32) -> i8 {
 
 /// Quantizes one row of weights: `values` gets a trit per weight, `scales` one scale per group.
 pub fn quantize_weight_row(row: &[f32], values: &mut [i8], scales: &mut [f32]) {
-    assert_eq!(values.len(), row.len(), "quantize_weight_row: values length");
-    assert_eq!(scales.len(), groups_for(row.len()), "quantize_weight_row: scales length");
+    assert_eq!(
+        values.len(),
+        row.len(),
+        "quantize_weight_row: values length"
+    );
+    assert_eq!(
+        scales.len(),
+        groups_for(row.len()),
+        "quantize_weight_row: scales length"
+    );
     for ((group, out), scale) in row
         .chunks(GROUP_SIZE)
         .zip(values.chunks_mut(GROUP_SIZE))
@@ -151,7 +159,10 @@ pub struct QuantizedBatch {
 impl QuantizedBatch {
     /// Quantizes the rows of a row-major `[batch, len]` slice, each with its own absmax scale.
     pub fn quantize(x: &[f32], len: usize) -> Self {
-        assert!(len > 0 && x.len() % len == 0, "QuantizedBatch: x is not [batch, len]");
+        assert!(
+            len > 0 && x.len() % len == 0,
+            "QuantizedBatch: x is not [batch, len]"
+        );
         let batch = x.len() / len;
         let (padded, groups) = (groups_for(len) * GROUP_SIZE, groups_for(len));
         let mut q = Self {

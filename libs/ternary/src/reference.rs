@@ -40,7 +40,11 @@ pub fn gemv(w: &PlanarWeights, x: &QuantizedActivations, y: &mut [f32]) {
 /// gives row `b` of `y`. Panics on mismatched lengths, like [`gemv`].
 pub fn gemm(w: &PlanarWeights, x: &QuantizedBatch, y: &mut [f32]) {
     assert_eq!(x.len(), w.cols(), "reference gemm: activation length");
-    assert_eq!(y.len(), w.rows() * x.batch(), "reference gemm: output length");
+    assert_eq!(
+        y.len(),
+        w.rows() * x.batch(),
+        "reference gemm: output length"
+    );
     for (b, out) in y.chunks_mut(w.rows()).enumerate() {
         for (row, value) in out.iter_mut().enumerate() {
             *value = gemv_row(w, row, x.values(b), x.scales()[b]);

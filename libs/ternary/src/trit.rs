@@ -44,7 +44,11 @@ pub const fn packed_len(cols: usize) -> usize {
 
 /// Packs ternary values (one row) into codes, 4 a byte. `out.len()` must be `packed_len(values.len())`.
 pub fn pack_row(values: &[i8], out: &mut [u8]) {
-    assert_eq!(out.len(), packed_len(values.len()), "pack_row: output length");
+    assert_eq!(
+        out.len(),
+        packed_len(values.len()),
+        "pack_row: output length"
+    );
     out.fill(0);
     for (j, &v) in values.iter().enumerate() {
         out[j / 4] |= encode(v) << (2 * (j % 4));
@@ -60,7 +64,10 @@ pub fn packed_code(packed: &[u8], j: usize) -> u8 {
 /// Unpacks `out.len()` values from a packed row; invalid codes become 0. Returns the number of
 /// invalid codes seen.
 pub fn unpack_row(packed: &[u8], out: &mut [i8]) -> usize {
-    assert!(packed.len() >= packed_len(out.len()), "unpack_row: packed row too short");
+    assert!(
+        packed.len() >= packed_len(out.len()),
+        "unpack_row: packed row too short"
+    );
     let mut invalid = 0;
     for (j, v) in out.iter_mut().enumerate() {
         let code = packed_code(packed, j);

@@ -118,7 +118,11 @@ pub fn run(plan: &Plan) -> Result<Report, String> {
         let w = PlanarWeights::from_f32(m, k, &random_values(m * k, plan.seed))
             .map_err(|e| e.to_string())?;
         let bytes = weight_bytes(&w);
-        let copies = if plan.cold { COLD_SET_BYTES.div_ceil(bytes).max(2) } else { 1 };
+        let copies = if plan.cold {
+            COLD_SET_BYTES.div_ceil(bytes).max(2)
+        } else {
+            1
+        };
         let weights: Vec<PlanarWeights> = vec![w; copies];
         for &batch in &plan.batches {
             let x = QuantizedBatch::quantize(&random_values(k * batch, plan.seed + 1), k);
@@ -177,10 +181,17 @@ impl Report {
         let mut out = format!(
             "cpu: {}   weights: {}\n",
             self.cpu,
-            if self.cold { "cold (streamed from memory)" } else { "warm (repeated, cache-resident where they fit)" }
+            if self.cold {
+                "cold (streamed from memory)"
+            } else {
+                "warm (repeated, cache-resident where they fit)"
+            }
         );
         for (t, rate) in &self.bandwidth {
-            out += &format!("memory read bandwidth, {t} thread(s): {:.2} GB/s\n", rate / 1e9);
+            out += &format!(
+                "memory read bandwidth, {t} thread(s): {:.2} GB/s\n",
+                rate / 1e9
+            );
         }
         out += &format!(
             "{:<11} {:>11} {:>7} {:>5} {:>11} {:>8} {:>10} {:>7}\n",

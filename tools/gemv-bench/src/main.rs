@@ -129,7 +129,10 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let shapes = if args.shapes.is_empty() {
-        DEFAULT_SHAPES.iter().map(|s| parse_shape(s).expect("valid default")).collect()
+        DEFAULT_SHAPES
+            .iter()
+            .map(|s| parse_shape(s).expect("valid default"))
+            .collect()
     } else {
         args.shapes.clone()
     };

@@ -1,0 +1,104 @@
+//! gemv-bench as a user runs it: a small shape end to end (bandwidth probe, every kernel this CPU
+//! runs, JSON output), and bad flags.
+
+use assert_cmd::Command;
+use serde_json::Value;
+use ternary::Kernel;
+
+fn gemv_bench() -> Command {
+    Command::cargo_bin("gemv-bench").expect("gemv-bench is built with the workspace")
+}
+
+#[test]
+fn json_report_covers_every_runnable_kernel_thread_count_and_batch() {
+    let output = gemv_bench()
+        .args(["--shape", "64x300", "--batch", "1,4", "--threads", "1,2"])
+        .args(["--repeats", "3", "--min-sample-ms", "1", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value =
+        serde_json::from_slice(&output.stdout).expect("stdout is one JSON document");
+    let bandwidth = report["read_bandwidth"].as_array().unwrap();
+    assert_eq!(bandwidth.len(), 2);
+    assert!(bandwidth
+        .iter()
+        .all(|b| b["bytes_per_second"].as_f64().unwrap() > 1e8));
+    let results = report["results"].as_array().unwrap();
+    let kernels: Vec<Kernel> = Kernel::available()
+        .into_iter()
+        .filter(|&k| k != Kernel::Reference)
+        .collect();
+    assert_eq!(results.len(), kernels.len() * 2 * 2);
+    for kernel in kernels {
+        let rows: Vec<&Value> = results
+            .iter()
+            .filter(|r| r["kernel"] == kernel.name())
+            .collect();
+        assert_eq!(rows.len(), 4, "{kernel}");
+        for row in rows {
+            assert_eq!(row["rows"], 64);
+            assert_eq!(row["cols"], 300);
+            let (gops, seconds) = (
+                row["gops"].as_f64().unwrap(),
+                row["median_seconds"].as_f64().unwrap(),
+            );
+            let batch = row["batch"].as_f64().unwrap();
+            assert!(gops > 0.0 && seconds > 0.0);
+            // GOPS is 2·M·K·B / s: the figures agree with each other.
+            let expected = 2.0 * 64.0 * 300.0 * batch / seconds / 1e9;
+            assert!(
+                (gops - expected).abs() <= 1e-9 * expected.max(1.0),
+                "{gops} vs {expected}"
+            );
+        }
+    }
+}
+
+#[test]
+fn table_names_the_kernels_and_the_bandwidth() {
+    let output = gemv_bench()
+        .args(["--shape", "16x128", "--batch", "1", "--threads", "1"])
+        .args([
+            "--repeats",
+            "1",
+            "--min-sample-ms",
+            "1",
+            "--kernel",
+            "scalar",
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let table = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        table.contains("memory read bandwidth, 1 thread(s):"),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("scalar") && l.contains("16x128")),
+        "{table}"
+    );
+}
+
+#[test]
+fn bad_flags_exit_2_with_one_clear_line() {
+    for args in [
+        vec!["--shape", "12"],
+        vec!["--shape", "0x128"],
+        vec!["--kernel", "sse9"],
+        vec!["--threads", "many"],
+        vec!["--batch", "0"],
+    ] {
+        let output = gemv_bench().args(&args).output().unwrap();
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
