@@ -12,8 +12,10 @@ all: build verify
 build:
 	$(CARGO) build --release --workspace --bins
 
-# THE test command (CI runs it): formatting, lints, every unit and cross-tool test.
+# THE test command (CI runs it): formatting, lints, every unit and cross-tool test. The binaries are
+# built first: the cross-tool tests in tests/ run them from target/release.
 test: lint
+	$(CARGO) build --release --workspace --bins
 	$(CARGO) test --release --workspace
 
 lint:
