@@ -417,9 +417,23 @@ fn python_gguf_package_reads_our_files_and_we_read_its_files() {
         (GgmlType::I8, vec![2, 5])
     );
     assert_eq!(i8s.data, [251, 252, 253, 254, 255, 0, 1, 2, 3, 4]);
+    let q8 = file.tensor("q8_0.matrix").unwrap();
+    assert_eq!(
+        (q8.info.ggml_type(), q8.info.shape()),
+        (GgmlType::Q8_0, vec![2, 32])
+    );
+    assert_eq!(q8.data.len(), 2 * 34);
     let listing = json(&[theirs.to_str().unwrap(), "--json"]);
-    assert_eq!(listing["tensors"].as_array().unwrap().len(), 3);
-    assert_eq!(listing["totals"]["parameters"], 12 + 4 + 10);
+    assert_eq!(listing["tensors"].as_array().unwrap().len(), 4);
+    assert_eq!(listing["tensors"][3]["type"], "Q8_0");
+    assert_eq!(listing["totals"]["parameters"], 12 + 4 + 10 + 64);
+    let q8_stats = json(&[
+        theirs.to_str().unwrap(),
+        "--tensor",
+        "q8_0.matrix",
+        "--json",
+    ]);
+    assert_eq!(q8_stats["stats"]["kind"], "unavailable");
 
     // (b) Our file, read by the Python GGUFReader: every tensor with its type and shape.
     let m = Model::new();

@@ -150,6 +150,12 @@ impl Gguf<memmap2::Mmap> {
     /// Maps and parses the file at `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, GgufError> {
         let file = std::fs::File::open(path)?;
+        if file.metadata()?.is_dir() {
+            return Err(GgufError::Io(std::io::Error::new(
+                std::io::ErrorKind::IsADirectory,
+                "it is a folder",
+            )));
+        }
         // SAFETY: the map is read-only and the slices handed out borrow from it, so Rust never sees
         // the memory freed. Mapping is only undefined behaviour if another process changes the file
         // while it is mapped; this project's files are written once to a temporary name and renamed
@@ -967,6 +973,8 @@ mod tests {
             GgufFile::open(dir.path().join("missing")),
             Err(GgufError::Io(_))
         ));
+        let folder = GgufFile::open(dir.path()).unwrap_err();
+        assert_eq!(folder.to_string(), "cannot read the file: it is a folder");
     }
 
     proptest! {
