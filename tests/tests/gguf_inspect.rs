@@ -1,4 +1,5 @@
-//! Cross-tool tests of gguf-inspect and libs/gguf: the real binary on files written by libs/gguf,
+//! Cross-tool tests of gguf-inspect and libs/gguf: the real binary on files written by libs/gguf
+//! (and on .mhc files written by libs/mhc, `--mhc`),
 //! on malformed files and bad usage (exit 2, one line), its `--json` output, and interoperability
 //! with the reference Python package `gguf` (tests/fixtures/gguf_interop.py): it must read every
 //! file we write, and we must read what its GGUFWriter writes. That test needs `python3` with the
@@ -293,8 +294,10 @@ fn bad_usage_exits_2_with_one_line() {
     let line = assert_fails_with_one_line(&[]);
     assert_eq!(
         line,
-        "gguf-inspect: the following required arguments were not provided: <FILE> (see gguf-inspect --help)"
+        "gguf-inspect: the following required arguments were not provided: <FILE|--mhc <MHC>> (see gguf-inspect --help)"
     );
+    let line = assert_fails_with_one_line(&["--json"]);
+    assert!(line.contains("<FILE|--mhc <MHC>>"), "{line}");
     let line = assert_fails_with_one_line(&[m.arg(), "--frobnicate"]);
     assert!(line.contains("--frobnicate"), "{line}");
     let line = assert_fails_with_one_line(&[m.arg(), "--tensor", "nope"]);
@@ -310,20 +313,189 @@ fn help_explains_every_flag_with_an_example_and_version_prints() {
     assert_eq!(code, 0);
     for flag in [
         "--tensor <NAME>",
+        "--mhc <MHC>",
         "--json",
-        "<FILE>",
+        "[FILE]",
+        "Usage: gguf-inspect [OPTIONS] <FILE|--mhc <MHC>>",
         "--version",
         "Exit status",
     ] {
         assert!(help.contains(flag), "{flag} missing from:\n{help}");
     }
-    assert!(help.matches("Example: gguf-inspect").count() >= 3, "{help}");
+    assert!(help.matches("Example: gguf-inspect").count() >= 4, "{help}");
+    assert!(
+        help.contains("Example: gguf-inspect --mhc model.mhc"),
+        "{help}"
+    );
     let (code, version, _) = run(&["--version"]);
     assert_eq!(code, 0);
     assert_eq!(
         version.trim(),
         format!("gguf-inspect {}", env!("CARGO_PKG_VERSION"))
     );
+}
+
+/// Writes the initial .mhc of `n_layers` layers with `n` streams into `dir`; returns its path.
+fn write_mhc(dir: &Path, n: usize, n_layers: usize) -> PathBuf {
+    let path = dir.join(format!("model{n}.mhc"));
+    let streams = mhc::NStreams::from_count(n).expect("2 or 4");
+    mhc::MhcFile::init(streams, n_layers)
+        .expect("valid layer count")
+        .write(&path)
+        .expect("writes");
+    path
+}
+
+#[test]
+fn mhc_file_lists_every_module_its_check_and_the_composite_gain() {
+    let dir = tempfile::tempdir().unwrap();
+    for (n, n_layers) in [(2, 3), (4, 2)] {
+        let path = write_mhc(dir.path(), n, n_layers);
+        let file = mhc::MhcFile::read(&path).unwrap();
+        let (code, text, stderr) = run(&["--mhc", path.to_str().unwrap()]);
+        assert_eq!(code, 0, "{stderr}");
+        assert!(
+            text.contains(&format!(
+                "n_layers {n_layers}, n_streams {n}, {} modules",
+                2 * n_layers
+            )),
+            "{text}"
+        );
+        for layer in 0..n_layers {
+            for (i, kind) in [(2 * layer, "attention"), (2 * layer + 1, "ffn")] {
+                assert!(
+                    text.contains(&format!("module {i} (layer {layer} {kind})")),
+                    "{text}"
+                );
+            }
+        }
+        assert_eq!(
+            text.matches("\n  doubly stochastic: yes (").count(),
+            2 * n_layers,
+            "{text}"
+        );
+        // H_res rows, h_pre and h_post at 4 decimals, as libs/mhc computes them.
+        let mixings = file.mixings();
+        let h = mixings[1].h_res();
+        let row0: Vec<String> = (0..n).map(|j| format!("{:.4}", h.get(0, j))).collect();
+        assert!(text.contains(&format!("[{}]", row0.join(", "))), "{text}");
+        let pre: Vec<String> = mixings[1]
+            .h_pre()
+            .iter()
+            .map(|v| format!("{v:.4}"))
+            .collect();
+        assert!(
+            text.contains(&format!("h_pre     [{}]", pre.join(", "))),
+            "{text}"
+        );
+        assert!(text.contains("h_post    ["), "{text}");
+        assert!(
+            text.contains(&format!("composite gain {:.6}", file.composite_gain())),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "all modules doubly stochastic: yes ({0}/{0} passed)",
+                2 * n_layers
+            )),
+            "{text}"
+        );
+
+        let j = json(&["--mhc", path.to_str().unwrap(), "--json"]);
+        let m = &j["mhc"];
+        assert_eq!(m["n_layers"].as_u64(), Some(n_layers as u64));
+        assert_eq!(m["n_streams"].as_u64(), Some(n as u64));
+        assert_eq!(m["all_doubly_stochastic"], Json::Bool(true));
+        let gain = m["composite_gain"].as_f64().unwrap();
+        assert!((gain - file.composite_gain()).abs() < 1e-12, "{gain}");
+        assert!((gain - 1.0).abs() < 1e-5, "{gain}");
+        let modules = m["module_reports"].as_array().unwrap();
+        assert_eq!(modules.len(), 2 * n_layers);
+        for (i, (module, mixing)) in modules.iter().zip(&mixings).enumerate() {
+            assert_eq!(module["index"].as_u64(), Some(i as u64));
+            assert_eq!(module["layer"].as_u64(), Some(i as u64 / 2));
+            let kind = if i % 2 == 0 { "attention" } else { "ffn" };
+            assert_eq!(module["kind"].as_str(), Some(kind));
+            assert_eq!(module["doubly_stochastic"], Json::Bool(true));
+            assert!(module["max_deviation"].as_f64().unwrap() <= 1e-6);
+            let rows = module["h_res"].as_array().unwrap();
+            assert_eq!(rows.len(), n);
+            for (r, row) in rows.iter().enumerate() {
+                let row = row.as_array().unwrap();
+                assert_eq!(row.len(), n);
+                for (c, v) in row.iter().enumerate() {
+                    assert_eq!(v.as_f64().unwrap() as f32, mixing.h_res().get(r, c));
+                }
+            }
+            assert_eq!(module["h_pre"].as_array().unwrap().len(), n);
+            assert_eq!(module["h_post"].as_array().unwrap().len(), n);
+        }
+        assert_eq!(m["composite"].as_array().unwrap().len(), n);
+    }
+}
+
+#[test]
+fn malformed_mhc_exits_2_with_one_line_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write_mhc(dir.path(), 4, 2);
+    let bytes = std::fs::read(&good).unwrap();
+    let cut = dir.path().join("cut.mhc");
+    std::fs::write(&cut, &bytes[..bytes.len() - 3]).unwrap();
+    let line = assert_fails_with_one_line(&["--mhc", cut.to_str().unwrap()]);
+    assert!(line.starts_with("gguf-inspect: "), "{line}");
+    assert!(line.contains("cut.mhc: truncated"), "{line}");
+    // Also with --json and next to a valid GGUF file: nothing is printed.
+    let m = Model::new();
+    let line = assert_fails_with_one_line(&[m.arg(), "--mhc", cut.to_str().unwrap(), "--json"]);
+    assert!(line.contains("cut.mhc: truncated"), "{line}");
+
+    let magic = dir.path().join("magic.mhc");
+    let mut bad = bytes.clone();
+    bad[0] ^= 0xFF;
+    std::fs::write(&magic, &bad).unwrap();
+    let line = assert_fails_with_one_line(&["--mhc", magic.to_str().unwrap()]);
+    assert!(line.contains("magic.mhc: bad magic at byte 0"), "{line}");
+
+    let line =
+        assert_fails_with_one_line(&["--mhc", dir.path().join("missing.mhc").to_str().unwrap()]);
+    assert!(line.contains("missing.mhc"), "{line}");
+
+    // --tensor needs the GGUF file.
+    let line = assert_fails_with_one_line(&["--mhc", good.to_str().unwrap(), "--tensor", "x"]);
+    assert!(line.contains("<FILE>"), "{line}");
+}
+
+#[test]
+fn gguf_and_mhc_together_print_both() {
+    let m = Model::new();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_mhc(dir.path(), 2, 1);
+    let (code, text, stderr) = run(&[m.arg(), "--mhc", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(text.contains("format    GGUF v3"), "{text}");
+    assert!(text.contains("blk.0.attn_q.weight"), "{text}");
+    assert!(
+        text.contains("n_layers 1, n_streams 2, 2 modules"),
+        "{text}"
+    );
+    assert!(text.contains("composite gain"), "{text}");
+    let gguf_at = text.find("format    GGUF").unwrap();
+    assert!(gguf_at < text.find("mhc file").unwrap(), "{text}");
+
+    let j = json(&[m.arg(), "--mhc", path.to_str().unwrap(), "--json"]);
+    assert_eq!(j["tensors"].as_array().unwrap().len(), 6);
+    assert_eq!(j["mhc"]["module_reports"].as_array().unwrap().len(), 2);
+
+    let j = json(&[
+        m.arg(),
+        "--tensor",
+        "output_norm.weight",
+        "--mhc",
+        path.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(j["tensor"]["name"].as_str(), Some("output_norm.weight"));
+    assert_eq!(j["mhc"]["all_doubly_stochastic"], Json::Bool(true));
 }
 
 /// Runs the interop script with python3; fails (never skips) when the package is missing.

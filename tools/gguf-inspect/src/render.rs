@@ -1,6 +1,7 @@
 //! Text rendering of a [`Report`] and a [`TensorReport`]: aligned tables for people. The JSON output
 //! is the same structs serialized; nothing here decides what is shown, only how.
 
+use crate::mhc_report::MhcReport;
 use crate::report::{MetadataEntry, Report, TensorRow};
 use crate::stats::{Stats, TensorReport, ValueStats};
 use std::io::{self, Write};
@@ -167,4 +168,72 @@ pub fn tensor_report(out: &mut impl Write, r: &TensorReport) -> io::Result<()> {
         Stats::Values(s) => value_stats(out, "values    ", s),
         Stats::Unavailable { reason } => writeln!(out, "values    {reason}"),
     }
+}
+
+/// A number at 4 decimals; a non-number (`"NaN"`) as it is.
+fn dec4(v: &serde_json::Value) -> String {
+    v.as_f64()
+        .map_or_else(|| value_text(v), |x| format!("{x:.4}"))
+}
+
+fn vector_text(values: &[serde_json::Value]) -> String {
+    let items: Vec<String> = values.iter().map(dec4).collect();
+    format!("[{}]", items.join(", "))
+}
+
+fn matrix(out: &mut impl Write, indent: &str, rows: &[Vec<serde_json::Value>]) -> io::Result<()> {
+    for row in rows {
+        writeln!(out, "{indent}{}", vector_text(row))?;
+    }
+    Ok(())
+}
+
+/// The `.mhc` listing: header, every module, the composite gain.
+pub fn mhc_report(out: &mut impl Write, r: &MhcReport) -> io::Result<()> {
+    writeln!(out, "mhc file  {}", r.file)?;
+    writeln!(
+        out,
+        "mhc       n_layers {}, n_streams {}, {} modules (attention + ffn per layer)",
+        r.n_layers, r.n_streams, r.modules
+    )?;
+    for m in &r.module_reports {
+        writeln!(out, "module {} (layer {} {})", m.index, m.layer, m.kind)?;
+        writeln!(out, "  H_res")?;
+        matrix(out, "    ", &m.h_res)?;
+        writeln!(out, "  h_pre     {}", vector_text(&m.h_pre))?;
+        writeln!(out, "  h_post    {}", vector_text(&m.h_post))?;
+        match (&m.violation, m.max_deviation) {
+            (None, Some(dev)) => writeln!(
+                out,
+                "  doubly stochastic: yes (worst |row/col sum - 1| {dev:.3e}, tolerance {:e})",
+                r.tolerance
+            )?,
+            (violation, _) => writeln!(
+                out,
+                "  doubly stochastic: NO ({})",
+                violation.as_deref().unwrap_or("check failed")
+            )?,
+        }
+    }
+    writeln!(
+        out,
+        "composite H_res product over {} modules (first applied first)",
+        r.modules
+    )?;
+    for row in &r.composite {
+        let items: Vec<String> = row.iter().map(|x| format!("{x:.4}")).collect();
+        writeln!(out, "    [{}]", items.join(", "))?;
+    }
+    writeln!(out, "composite gain {:.6}", r.composite_gain)?;
+    let passed = r
+        .module_reports
+        .iter()
+        .filter(|m| m.doubly_stochastic)
+        .count();
+    writeln!(
+        out,
+        "all modules doubly stochastic: {} ({passed}/{} passed)",
+        if r.all_doubly_stochastic { "yes" } else { "NO" },
+        r.modules
+    )
 }
