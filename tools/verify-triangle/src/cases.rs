@@ -521,6 +521,37 @@ fn gemv_inputs(rng: &mut Rng, kind: CaseKind, cols: usize) -> Inputs {
     inputs
 }
 
+/// Name of the activations a model tensor is verified with (the `case=` of its failure lines).
+pub const MODEL_CASE: &str = "model-activations";
+/// GEMM batch sizes of a model tensor: 4 (inside one 16-vector block) and 17 (crosses it).
+pub const MODEL_BATCHES: [usize; 2] = [4, 17];
+
+/// The activations tensor `name` (`cols` columns) of a model file is verified with for `seed`:
+/// on the GEMV paths one random vector, one of ±127 with random signs and one of zeros; on the
+/// GEMM paths batches of [`MODEL_BATCHES`] mixing random, ±127 and zero vectors. A pure function
+/// of `(seed, name, cols)`, so `--seed S --seeds 1` rebuilds what a failure line names.
+pub fn model_inputs(seed: u64, name: &str, cols: usize) -> Inputs {
+    use Pattern::*;
+    let mut rng = Rng::for_case(seed, name, 0, cols);
+    let rng = &mut rng;
+    let mut inputs = Inputs::new(cols);
+    for pattern in [Random, RandomSign, Zero] {
+        inputs = inputs.with_vector(quantize_activations(&activations(rng, cols, pattern)));
+    }
+    let largest = *MODEL_BATCHES.iter().max().expect("batch sizes");
+    let source = (0..largest)
+        .flat_map(|b| {
+            let pattern = match b {
+                2 => Zero,
+                _ if b % 3 == 1 => RandomSign,
+                _ => Random,
+            };
+            activations(rng, cols, pattern)
+        })
+        .collect();
+    inputs.with_batches(source, &MODEL_BATCHES)
+}
+
 /// Pattern of vector `b` of a GEMM batch: the batches mix patterns, so each vector's own scale
 /// matters (a kernel that mixes up the vectors' scales fails).
 fn batch_pattern(kind: CaseKind, b: usize) -> Pattern {

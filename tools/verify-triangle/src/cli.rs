@@ -3,9 +3,12 @@
 //! is one line and exit code 2.
 
 use clap::Parser;
+use std::path::PathBuf;
 
 /// Seeds per case when `--seeds` is not given.
 pub const DEFAULT_SEEDS: u64 = 8;
+/// Seeds per tensor with `--model` when `--seeds` is not given.
+pub const DEFAULT_MODEL_SEEDS: u64 = 1;
 /// First seed when `--seed` is not given.
 pub const DEFAULT_SEED: u64 = 1;
 
@@ -23,6 +26,12 @@ Paths: gemv (one vector, one thread), par_gemv (rows split across threads), gemm
 the packed form, all-zero activations, extreme scales (1e-30, 1e30, MIN_POSITIVE, subnormal, MAX)
 and activations with a huge absmax, activations of +-127 everywhere, and weights all +1 or all -1.
 
+With --model FILE.gguf the generated cases are not run: every ternary tensor of the file (an I8
+tensor NAME with an F32 sibling NAME.scale, the pair convention of libs/gguf) is loaded into
+planar form and verified on the same four paths, with activations generated from the seed(s):
+a random vector, one of +-127 and one of zeros (gemv, par_gemv) and batches of 4 and 17 (gemm,
+par_gemm). The file records only ceil(K/4) bytes per row, so K is taken as 4 x that.
+
 Kernels compiled in but not runnable on this CPU are listed as \"compiled, NOT verified on this
 CPU (needs ...)\", never skipped silently.
 
@@ -33,13 +42,16 @@ is not run again.";
 
 const AFTER_HELP: &str = "\
 Exit codes: 0 every runnable kernel matches the reference; 1 a mismatch (or a kernel refused a
-call); 2 bad usage (unknown flag or kernel, or --kernel names one this CPU does not run).
+call); 2 bad usage (unknown flag or kernel, or --kernel names one this CPU does not run), or a
+--model file that cannot be read or holds no ternary tensors.
 
 Examples:
   verify-triangle                          every kernel, 8 seeds
   verify-triangle --kernel avx2 --seeds 64 one kernel, more seeds
   verify-triangle --seed 1234 --seeds 1    rebuild exactly the cases of seed 1234
-  verify-triangle --json | jq .ok          machine-readable summary";
+  verify-triangle --json | jq .ok          machine-readable summary
+  verify-triangle --model model.gguf       every ternary tensor of a model file, 1 seed
+  verify-triangle --model model.gguf --seeds 4 --kernel avx2 --json";
 
 /// Flags of verify-triangle.
 #[derive(Debug, Clone, Parser)]
@@ -51,21 +63,21 @@ Examples:
     after_help = AFTER_HELP
 )]
 pub struct Args {
-    /// Seeds per case.
+    /// Seeds per case (default 8; 1 with --model).
     #[arg(
         long,
         value_name = "N",
-        default_value_t = DEFAULT_SEEDS,
         value_parser = clap::value_parser!(u64).range(1..=1_000_000),
-        help = "Seeds per case (S, S+1, ..., S+N-1). Example: --seeds 64",
+        help = "Seeds per case (S, S+1, ..., S+N-1; default 8, 1 with --model). Example: --seeds 64",
         long_help = "\
-How many seeds every case runs with: S, S+1, ..., S+N-1. GEMV shapes with
-more than 2^20 weights (4096x4096, 4096x11008, ...) run only the first
-ceil(N/8), and GEMM cases (18 batch sizes each) the first ceil(N/4).
-The default run takes seconds.
+How many seeds every case runs with: S, S+1, ..., S+N-1 (default 8).
+GEMV shapes with more than 2^20 weights (4096x4096, 4096x11008, ...) run
+only the first ceil(N/8), and GEMM cases (18 batch sizes each) the first
+ceil(N/4). The default run takes seconds.
+With --model: how many sets of activations every tensor runs (default 1).
 Example: --seeds 64"
     )]
-    pub seeds: u64,
+    pub seeds: Option<u64>,
 
     /// The first seed.
     #[arg(
@@ -91,6 +103,21 @@ It must be compiled in and runnable on this CPU (exit code 2 otherwise).
 Example: --kernel avx2"
     )]
     pub kernel: Option<String>,
+
+    /// Verify the ternary tensors of this GGUF model file instead of the generated cases.
+    #[arg(
+        long,
+        value_name = "FILE.gguf",
+        help = "Verify every ternary tensor of a GGUF model instead of the generated cases. Example: --model model.gguf",
+        long_help = "\
+Verify every ternary tensor of this GGUF file (I8 NAME + F32 NAME.scale)
+instead of the generated cases: each one on gemv, par_gemv, gemm and
+par_gemm against the reference, with activations from the seed(s).
+The table lists every tensor (name, shape, result). A file that cannot
+be read, or holds no ternary tensors, is exit code 2.
+Example: --model model.gguf"
+    )]
+    pub model: Option<PathBuf>,
 
     /// JSON instead of the table.
     #[arg(
@@ -134,9 +161,9 @@ mod tests {
         let args = Args::try_parse_from(["verify-triangle"]).unwrap();
         assert_eq!(
             (args.seeds, args.seed, args.json),
-            (DEFAULT_SEEDS, DEFAULT_SEED, false)
+            (None, DEFAULT_SEED, false)
         );
-        assert!(args.kernel.is_none() && !args.include_faulty_kernel());
+        assert!(args.kernel.is_none() && args.model.is_none() && !args.include_faulty_kernel());
         let args = Args::try_parse_from([
             "verify-triangle",
             "--seeds",
@@ -146,10 +173,13 @@ mod tests {
             "--kernel",
             "avx2",
             "--json",
+            "--model",
+            "m.gguf",
         ])
         .unwrap();
-        assert_eq!((args.seeds, args.seed, args.json), (3, 99, true));
+        assert_eq!((args.seeds, args.seed, args.json), (Some(3), 99, true));
         assert_eq!(args.kernel.as_deref(), Some("avx2"));
+        assert_eq!(args.model, Some(PathBuf::from("m.gguf")));
     }
 
     #[test]
@@ -172,12 +202,13 @@ mod tests {
             "--seed",
             "--kernel",
             "--json",
+            "--model",
+            "--model model.gguf",
             "--version",
             "Example",
         ] {
             assert!(help.contains(flag), "help lacks {flag}");
         }
         assert!(!help.contains("faulty"));
-        assert!(!help.contains("--model"));
     }
 }

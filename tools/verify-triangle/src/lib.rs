@@ -5,13 +5,15 @@
 //! Where things live: [`cli`] the flags, [`cases`] what is generated (shapes, kinds, seeds),
 //! [`verify`] the comparison engine ([`verify::verify_weights`] takes any `PlanarWeights`, so
 //! verifying the tensors of a model file is one more caller), [`compare`] the bitwise comparison,
-//! [`report`] the table and the JSON, [`rng`] the reproducible random numbers. The binary
+//! [`report`] the table and the JSON, [`rng`] the reproducible random numbers, [`model`] the
+//! `--model` run (the ternary tensors of a GGUF file instead of the generated cases). The binary
 //! (main.rs) only parses, calls [`run`], prints and returns the exit code. No printing here
 //! except the progress bar on stderr.
 
 pub mod cases;
 pub mod cli;
 pub mod compare;
+pub mod model;
 pub mod report;
 pub mod rng;
 pub mod verify;
@@ -19,6 +21,7 @@ pub mod verify;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rayon::prelude::*;
 use std::fmt;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use ternary::{reference, Kernel, KernelError};
 use verify::{Candidate, FailureKind, Label, SelfCheck, Tally};
@@ -30,7 +33,7 @@ const JOBS_PER_ROUND: usize = 16;
 pub const EXIT_OK: u8 = 0;
 /// Exit code: a mismatch (or a kernel refused a call, or a self-check of the reference failed).
 pub const EXIT_MISMATCH: u8 = 1;
-/// Exit code: bad usage.
+/// Exit code: bad usage (also a `--model` file that cannot be read or has no ternary tensors).
 pub const EXIT_USAGE: u8 = 2;
 
 /// A usage error, printed as one line (exit code [`EXIT_USAGE`]).
@@ -125,15 +128,23 @@ pub struct Config {
     pub seeds: u64,
     pub selection: Selection,
     pub json: bool,
+    /// `--model`: verify the ternary tensors of this GGUF file instead of the generated cases.
+    pub model: Option<PathBuf>,
 }
 
 impl Config {
     pub fn from_args(args: &cli::Args) -> Result<Self, UsageError> {
+        let default_seeds = if args.model.is_some() {
+            cli::DEFAULT_MODEL_SEEDS
+        } else {
+            cli::DEFAULT_SEEDS
+        };
         Ok(Self {
             first_seed: args.seed,
-            seeds: args.seeds,
+            seeds: args.seeds.unwrap_or(default_seeds),
             selection: select_kernels(args.kernel.as_deref(), args.include_faulty_kernel())?,
             json: args.json,
+            model: args.model.clone(),
         })
     }
 }
@@ -147,6 +158,8 @@ pub struct Report {
     pub tally: Tally,
     pub threads: usize,
     pub elapsed: Duration,
+    /// What a `--model` run verified, tensor by tensor (`None` for the generated cases).
+    pub model: Option<model::ModelReport>,
 }
 
 impl Report {
@@ -163,20 +176,23 @@ impl Report {
     }
 }
 
-/// Runs every generated case on the selected kernels; progress on stderr (drawn only when stderr
-/// is a terminal).
-pub fn run(config: &Config) -> Report {
-    let start = Instant::now();
-    let jobs = cases::plan(config.first_seed, config.seeds);
-    let progress = ProgressBar::with_draw_target(
-        Some(jobs.iter().map(cases::Job::work).sum()),
-        ProgressDrawTarget::stderr(),
-    );
+/// The progress bar of a run: on stderr, drawn only when stderr is a terminal.
+pub(crate) fn progress_bar(total_work: u64) -> ProgressBar {
+    let progress = ProgressBar::with_draw_target(Some(total_work), ProgressDrawTarget::stderr());
     progress.set_style(
         ProgressStyle::with_template("verify-triangle {elapsed:>4} [{bar:30}] {percent:>3}% {msg}")
             .expect("valid progress template")
             .progress_chars("=> "),
     );
+    progress
+}
+
+/// Runs every generated case on the selected kernels; progress on stderr (drawn only when stderr
+/// is a terminal).
+pub fn run(config: &Config) -> Report {
+    let start = Instant::now();
+    let jobs = cases::plan(config.first_seed, config.seeds);
+    let progress = progress_bar(jobs.iter().map(cases::Job::work).sum());
     let candidates: Vec<&dyn Candidate> = config
         .selection
         .verified
@@ -216,6 +232,7 @@ pub fn run(config: &Config) -> Report {
         tally,
         threads: rayon::current_num_threads(),
         elapsed: start.elapsed(),
+        model: None,
     }
 }
 
@@ -225,6 +242,7 @@ pub fn run_job(job: &cases::Job, candidates: &[&dyn Candidate], tally: &mut Tall
     let label = Label {
         case: job.kind.name().to_string(),
         seed: Some(job.seed),
+        tensor: None,
     };
     let w = &case.weights;
     let rows = w.rows();

@@ -1,5 +1,6 @@
 //! verify-triangle: every kernel path against the Rust reference, bit for bit. This file only
-//! parses the flags, runs, prints and returns the exit code (0 ok, 1 mismatch, 2 bad usage); the
+//! parses the flags, runs (the generated cases, or `--model`), prints and returns the exit code
+//! (0 ok, 1 mismatch, 2 bad usage or an unreadable model file); the
 //! work is in the library (src/lib.rs).
 
 use clap::Parser;
@@ -16,7 +17,16 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let outcome = verify_triangle::run(&config);
+    let outcome = match &config.model {
+        None => verify_triangle::run(&config),
+        Some(path) => match verify_triangle::model::run(&config, path) {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                eprintln!("verify-triangle: {error}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
+    };
     let text = if config.json {
         report::json(&outcome)
     } else {

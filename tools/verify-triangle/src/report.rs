@@ -2,7 +2,7 @@
 //! failure lines and a summary naming every kernel compared and every kernel not verified; or the
 //! same as JSON (`--json`). Pure functions of a [`Report`]; main.rs writes the text.
 
-use crate::cases::{SeedCounts, LARGE_SHAPE_WEIGHTS};
+use crate::cases::{SeedCounts, LARGE_SHAPE_WEIGHTS, MODEL_BATCHES};
 use crate::verify::{Failure, FailureKind, KernelStats, Path, PathStats, SelfCheck};
 use crate::Report;
 use serde_json::{json, Value};
@@ -119,18 +119,32 @@ pub fn text(report: &Report) -> String {
         "verify-triangle {}: every kernel path against the Rust reference (ternary::reference::gemv/gemm), bit for bit",
         env!("CARGO_PKG_VERSION")
     );
-    let _ = writeln!(
-        out,
-        "--seed {} --seeds {}: seeds per case: GEMV {} ({} over {} weights), GEMM {}; {} threads, {:.1} s",
-        report.first_seed,
-        report.seeds,
-        counts.gemv,
-        counts.gemv_large,
-        LARGE_SHAPE_WEIGHTS,
-        counts.gemm,
-        report.threads,
-        report.elapsed.as_secs_f64()
-    );
+    if let Some(model) = &report.model {
+        let _ = writeln!(
+            out,
+            "--model {}: {} ternary tensors; --seed {} --seeds {}: per tensor and seed a random, a +-127 and a zero vector (gemv), batches {} (gemm); {} threads, {:.1} s",
+            model.file.display(),
+            model.tensors.len(),
+            report.first_seed,
+            report.seeds,
+            join(&MODEL_BATCHES.into()),
+            report.threads,
+            report.elapsed.as_secs_f64()
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "--seed {} --seeds {}: seeds per case: GEMV {} ({} over {} weights), GEMM {}; {} threads, {:.1} s",
+            report.first_seed,
+            report.seeds,
+            counts.gemv,
+            counts.gemv_large,
+            LARGE_SHAPE_WEIGHTS,
+            counts.gemm,
+            report.threads,
+            report.elapsed.as_secs_f64()
+        );
+    }
     out.push('\n');
 
     let mut rows = vec![[
@@ -186,6 +200,30 @@ pub fn text(report: &Report) -> String {
     }
     out.push_str(&table(&checks, &[1]));
 
+    if let Some(model) = &report.model {
+        out.push('\n');
+        let mut tensors = vec![["tensor", "shape", "comparisons", "result"]
+            .map(String::from)
+            .to_vec()];
+        for tensor in &model.tensors {
+            tensors.push(vec![
+                tensor.name.clone(),
+                format!("{}x{}", tensor.rows, tensor.cols),
+                tensor.comparisons.to_string(),
+                tensor.result(),
+            ]);
+        }
+        out.push_str(&table(&tensors, &[2]));
+        let failing = model.tensors.iter().filter(|t| !t.ok()).count();
+        let _ = writeln!(
+            out,
+            "{} ternary tensors, {} ok, {} failing",
+            model.tensors.len(),
+            model.tensors.len() - failing,
+            failing
+        );
+    }
+
     let failures = all_failures(report);
     if !failures.is_empty() {
         out.push('\n');
@@ -216,9 +254,17 @@ pub fn summary(report: &Report) -> String {
         .iter()
         .flat_map(|k| k.paths.iter())
         .fold((0, 0), |(c, o), p| (c + p.cases, o + p.outputs));
+    let on = match &report.model {
+        Some(model) => format!(
+            " on {} ternary tensors of {}",
+            model.tensors.len(),
+            model.file.display()
+        ),
+        None => String::new(),
+    };
     let mut out = if report.ok() {
         format!(
-            "OK: {} match the Rust reference bit for bit on gemv, par_gemv, gemm and par_gemm ({cases} comparisons, {outputs} outputs).",
+            "OK: {} match the Rust reference bit for bit on gemv, par_gemv, gemm and par_gemm{on} ({cases} comparisons, {outputs} outputs).",
             matching.join(", ")
         )
     } else {
@@ -247,7 +293,7 @@ pub fn summary(report: &Report) -> String {
                 verb(&matching, "matches", "match")
             ));
         }
-        format!("FAILED: {} ({cases} comparisons).", parts.join("; "))
+        format!("FAILED: {}{on} ({cases} comparisons).", parts.join("; "))
     };
     if !report.not_verified.is_empty() {
         let listed: Vec<String> = report
@@ -284,6 +330,7 @@ fn failure_json(failure: &Failure) -> Value {
         "k": failure.cols,
         "batch": failure.batch,
         "seed": failure.label.seed,
+        "tensor": failure.label.tensor,
         "case": failure.label.case,
         "line": failure.to_string(),
     });
@@ -346,8 +393,29 @@ pub fn json(report: &Report) -> String {
             })
         })
         .collect();
+    let model = report.model.as_ref().map(|model| {
+        json!({
+            "file": model.file.display().to_string(),
+            "tensor_count": model.tensors.len(),
+            "activations": {
+                "gemv": ["random", "+-127", "zeros"],
+                "gemm_batches": MODEL_BATCHES,
+            },
+            "tensors": model.tensors.iter().map(|t| json!({
+                "name": t.name,
+                "shape": [t.rows, t.cols],
+                "comparisons": t.comparisons,
+                "ok": t.ok(),
+                "failing": t.failing,
+                "skipped": t.skipped,
+                "self_check_failed": t.self_check_failed,
+                "result": t.result(),
+            })).collect::<Vec<_>>(),
+        })
+    });
     let value = json!({
         "tool": "verify-triangle",
+        "model": model,
         "version": env!("CARGO_PKG_VERSION"),
         "ok": report.ok(),
         "seed": report.first_seed,
@@ -391,6 +459,7 @@ mod tests {
                 label: Label {
                     case: "random-f32".into(),
                     seed: Some(4),
+                    tensor: None,
                 },
                 kind: FailureKind::Error("refused".into()),
             });
@@ -405,6 +474,7 @@ mod tests {
             tally,
             threads: 2,
             elapsed: Duration::from_millis(1500),
+            model: None,
         }
     }
 

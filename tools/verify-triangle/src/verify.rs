@@ -182,10 +182,12 @@ impl Inputs {
 /// What a comparison was about, for the failure lines.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Label {
-    /// The case name (`random-f32`, `invalid-codes`, ...) or, for a model, the tensor name.
+    /// The case name (`random-f32`, `invalid-codes`, ...; `model-activations` for a model).
     pub case: String,
-    /// The seed that rebuilds the case, when it was generated.
+    /// The seed that rebuilds the case (or a model tensor's activations), when it was generated.
     pub seed: Option<u64>,
+    /// The tensor of a model file (`--model`) the weights came from.
+    pub tensor: Option<String>,
 }
 
 /// What went wrong in one comparison.
@@ -231,6 +233,9 @@ impl fmt::Display for Failure {
         )?;
         if let Some(seed) = self.label.seed {
             write!(f, " seed={seed}")?;
+        }
+        if let Some(tensor) = &self.label.tensor {
+            write!(f, " tensor={tensor}")?;
         }
         write!(f, " case={}", self.label.case)?;
         match &self.kind {
@@ -652,6 +657,7 @@ mod tests {
         Label {
             case: "unit".into(),
             seed: Some(9),
+            tensor: None,
         }
     }
 
@@ -772,6 +778,7 @@ mod tests {
             let label = Label {
                 case: "unit".into(),
                 seed: Some(seed),
+                tensor: None,
             };
             verify_weights(&[&one_ulp], &w, &inputs, &label, &mut part);
             total.merge(part);
