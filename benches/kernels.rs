@@ -6,15 +6,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use ternary::{kernels, Kernel, PlanarWeights, QuantizedBatch};
 
 fn weights(rows: usize, cols: usize) -> PlanarWeights {
-    let mut state = 0x2545F4914F6CDD1Du64;
-    let values: Vec<f32> = (0..rows * cols)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        })
-        .collect();
+    let values = ternary::synthetic::uniform_values(rows * cols, 1);
     PlanarWeights::from_f32(rows, cols, &values).expect("valid shape")
 }
 

@@ -577,15 +577,7 @@ mod tests {
     use crate::quant::quantize_activations;
 
     fn random_weights(rows: usize, cols: usize, seed: u64) -> PlanarWeights {
-        let mut state = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-        let weights: Vec<f32> = (0..rows * cols)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-            })
-            .collect();
+        let weights = crate::synthetic::uniform_values(rows * cols, seed);
         PlanarWeights::from_f32(rows, cols, &weights).unwrap()
     }
 

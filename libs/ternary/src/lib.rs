@@ -13,6 +13,7 @@ pub mod kernels;
 pub mod planar;
 pub mod quant;
 pub mod reference;
+pub mod synthetic;
 pub mod trit;
 
 pub use kernels::{Kernel, KernelError};

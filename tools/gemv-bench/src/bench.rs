@@ -6,7 +6,7 @@ use crate::bandwidth::Probe;
 use serde_json::json;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
-use ternary::{kernels, Kernel, PlanarWeights, QuantizedBatch, GROUP_CODE_BYTES};
+use ternary::{kernels, synthetic, Kernel, PlanarWeights, QuantizedBatch, GROUP_CODE_BYTES};
 
 /// With `--cold`, the copies of a matrix together take at least this many bytes, far beyond any
 /// last-level cache of the machines this runs on (32 MiB here).
@@ -53,19 +53,6 @@ fn cpu_name() -> String {
                 .map(|(_, name)| name.trim().to_string())
         })
         .unwrap_or_else(|| std::env::consts::ARCH.to_string())
-}
-
-/// Deterministic pseudo-random values in [-0.5, 0.5).
-fn random_values(count: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    (0..count)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        })
-        .collect()
 }
 
 /// Bytes a call reads from the weights: 32 bytes of codes and one f32 scale per group of 128.
@@ -115,7 +102,7 @@ pub fn run(plan: &Plan) -> Result<Report, String> {
 
     let mut rows = Vec::new();
     for &(m, k) in &plan.shapes {
-        let w = PlanarWeights::from_f32(m, k, &random_values(m * k, plan.seed))
+        let w = PlanarWeights::from_f32(m, k, &synthetic::uniform_values(m * k, plan.seed))
             .map_err(|e| e.to_string())?;
         let bytes = weight_bytes(&w);
         let copies = if plan.cold {
@@ -125,7 +112,8 @@ pub fn run(plan: &Plan) -> Result<Report, String> {
         };
         let weights: Vec<PlanarWeights> = vec![w; copies];
         for &batch in &plan.batches {
-            let x = QuantizedBatch::quantize(&random_values(k * batch, plan.seed + 1), k);
+            let x =
+                QuantizedBatch::quantize(&synthetic::uniform_values(k * batch, plan.seed + 1), k);
             let mut y = vec![0f32; m * batch];
             for &kernel in &plan.kernels {
                 for (&threads, pool) in plan.threads.iter().zip(&pools) {
