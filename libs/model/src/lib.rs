@@ -1,0 +1,18 @@
+//! The nanochat ternary inference model.
+//!
+//! - [`config`]: hyper-parameters, presets and the sizes they imply.
+//! - [`tokenizer`]: the shared tokenizer, special tokens and chat template.
+//! - [`engine`]: requests, sampling parameters and the continuous-batching scheduler.
+//!
+//! No printing, no exiting: the tools (serve, eval-compile, maxrl) decide that.
+
+pub mod config;
+pub mod engine;
+pub mod tokenizer;
+
+pub use config::{ConfigError, ModelConfig, MoeConfig, PRESETS};
+pub use engine::{
+    Completion, Engine, EngineOptions, EngineStats, FinishReason, GenerationEvent,
+    GenerationRequest, SamplingParams, SubmitError,
+};
+pub use tokenizer::{ChatMessage, Tokenizer, TokenizerError};
