@@ -8,6 +8,8 @@
 
 pub mod config;
 pub mod engine;
+pub mod load;
+pub mod testmodel;
 pub mod tokenizer;
 
 pub use config::{ConfigError, ModelConfig, MoeConfig, PRESETS};
@@ -15,4 +17,5 @@ pub use engine::{
     Completion, Engine, EngineOptions, EngineStats, FinishReason, GenerationEvent,
     GenerationRequest, SamplingParams, SubmitError,
 };
+pub use load::{load_engine, LoadError};
 pub use tokenizer::{ChatMessage, Tokenizer, TokenizerError};
