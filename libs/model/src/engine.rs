@@ -1,9 +1,17 @@
 //! Generation requests and the scheduler that runs them: several sequences decode together, one
 //! weight pass per step for all of them (continuous batching).
 
-use std::sync::mpsc::Receiver;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 use crate::config::ModelConfig;
+use crate::kv::KvCache;
+use crate::model::{Logits, Model, SeqInput};
+use crate::sampling::Sampler;
+use crate::stream::{Delta, TextStream};
 use crate::tokenizer::Tokenizer;
 
 /// How the next token is chosen.
@@ -107,6 +115,15 @@ pub struct EngineOptions {
     pub prefill_chunk: usize,
 }
 
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            max_batch: 16,
+            prefill_chunk: 256,
+        }
+    }
+}
+
 /// A snapshot of the scheduler's load.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EngineStats {
@@ -116,13 +133,68 @@ pub struct EngineStats {
 }
 
 /// The running model: a scheduler thread that owns it, and a handle to submit requests.
+///
+/// Each step of the scheduler runs one forward pass over every active sequence: the next chunk
+/// of a prompt being prefilled, or the last sampled token of a sequence being decoded. Requests
+/// that arrive while others run join at the next step (continuous batching).
 pub struct Engine {
     config: ModelConfig,
-    tokenizer: Tokenizer,
+    tokenizer: Arc<Tokenizer>,
     name: String,
+    max_batch: usize,
+    inbox: Mutex<Option<Sender<Job>>>,
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// State the scheduler and the handle both see.
+struct Shared {
+    active: AtomicUsize,
+    queued: AtomicUsize,
+    stopping: AtomicBool,
+}
+
+struct Job {
+    request: GenerationRequest,
+    events: Sender<GenerationEvent>,
 }
 
 impl Engine {
+    /// Starts the scheduler thread on `model`.
+    pub fn start(model: Model, tokenizer: Tokenizer, name: String, options: EngineOptions) -> Self {
+        let config = model.config.clone();
+        let tokenizer = Arc::new(tokenizer);
+        let (inbox, jobs) = mpsc::channel();
+        let shared = Arc::new(Shared {
+            active: AtomicUsize::new(0),
+            queued: AtomicUsize::new(0),
+            stopping: AtomicBool::new(false),
+        });
+        let max_batch = options.max_batch.max(1);
+        let scheduler = Scheduler {
+            model,
+            tokenizer: Arc::clone(&tokenizer),
+            shared: Arc::clone(&shared),
+            max_batch,
+            prefill_chunk: options.prefill_chunk.max(1),
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("nanochat-scheduler".into())
+            .spawn(move || scheduler.run(jobs))
+            .expect("spawning the scheduler thread");
+        Engine {
+            config,
+            tokenizer,
+            name,
+            max_batch,
+            inbox: Mutex::new(Some(inbox)),
+            shared,
+            thread: Mutex::new(Some(thread)),
+        }
+    }
+
     /// Name reported by /v1/models.
     pub fn model_name(&self) -> &str {
         &self.name
@@ -141,16 +213,246 @@ impl Engine {
         &self,
         request: GenerationRequest,
     ) -> Result<Receiver<GenerationEvent>, SubmitError> {
-        let _ = request;
-        todo!("scheduler")
+        if request.prompt.is_empty() {
+            return Err(SubmitError::EmptyPrompt);
+        }
+        if request.prompt.len() >= self.config.context_length {
+            return Err(SubmitError::PromptTooLong {
+                prompt: request.prompt.len(),
+                context: self.config.context_length,
+            });
+        }
+        if let Some(&bad) = request
+            .prompt
+            .iter()
+            .find(|&&t| t as usize >= self.config.vocab_size)
+        {
+            return Err(SubmitError::BadToken(bad));
+        }
+        if request.max_tokens == 0 {
+            return Err(SubmitError::BadSampling("max_tokens must be at least 1".into()));
+        }
+        Sampler::validate(&request.sampling).map_err(SubmitError::BadSampling)?;
+        let (events, receiver) = mpsc::channel();
+        let inbox = self.inbox.lock().unwrap_or_else(|e| e.into_inner());
+        let inbox = inbox.as_ref().ok_or(SubmitError::ShuttingDown)?;
+        self.shared.queued.fetch_add(1, Ordering::SeqCst);
+        inbox
+            .send(Job { request, events })
+            .map_err(|_| SubmitError::ShuttingDown)?;
+        Ok(receiver)
     }
 
     pub fn stats(&self) -> EngineStats {
-        todo!("scheduler")
+        EngineStats {
+            active: self.shared.active.load(Ordering::SeqCst),
+            queued: self.shared.queued.load(Ordering::SeqCst),
+            max_batch: self.max_batch,
+        }
     }
 
-    /// Stops the scheduler: running requests end with an error event, new ones are refused.
+    /// Stops the scheduler: running and queued requests end with an error event, new ones are
+    /// refused. Returns once the scheduler thread has finished.
     pub fn shutdown(&self) {
-        todo!("scheduler")
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        drop(self.inbox.lock().unwrap_or_else(|e| e.into_inner()).take());
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(thread) = thread {
+            // A panic in the scheduler already ended its requests (their senders dropped).
+            let _ = thread.join();
+        }
     }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// One request being served.
+struct Sequence {
+    request: GenerationRequest,
+    events: Sender<GenerationEvent>,
+    cache: KvCache,
+    sampler: Sampler,
+    /// Prompt tokens already in the cache.
+    prefilled: usize,
+    generated: Vec<u32>,
+    text: TextStream,
+}
+
+struct Scheduler {
+    model: Model,
+    tokenizer: Arc<Tokenizer>,
+    shared: Arc<Shared>,
+    max_batch: usize,
+    prefill_chunk: usize,
+    waiting: VecDeque<Job>,
+    running: Vec<Sequence>,
+}
+
+impl Scheduler {
+    fn run(mut self, jobs: Receiver<Job>) {
+        loop {
+            if self.shared.stopping.load(Ordering::SeqCst) {
+                break;
+            }
+            // Idle: block for work. Busy: take what arrived without waiting.
+            if self.running.is_empty() && self.waiting.is_empty() {
+                match jobs.recv() {
+                    Ok(job) => self.waiting.push_back(job),
+                    Err(_) => break,
+                }
+            }
+            loop {
+                match jobs.try_recv() {
+                    Ok(job) => self.waiting.push_back(job),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        if self.running.is_empty() && self.waiting.is_empty() {
+                            return;
+                        }
+                        break;
+                    }
+                }
+            }
+            self.admit();
+            if !self.running.is_empty() {
+                self.step();
+            }
+            self.shared
+                .active
+                .store(self.running.len(), Ordering::SeqCst);
+        }
+        let reason = "the server is shutting down".to_string();
+        for seq in self.running.drain(..) {
+            let _ = seq.events.send(GenerationEvent::Error(reason.clone()));
+        }
+        for job in self.waiting.drain(..).chain(jobs.try_iter()) {
+            let _ = job.events.send(GenerationEvent::Error(reason.clone()));
+        }
+        self.shared.active.store(0, Ordering::SeqCst);
+        self.shared.queued.store(0, Ordering::SeqCst);
+    }
+
+    /// Moves waiting jobs into free slots.
+    fn admit(&mut self) {
+        while self.running.len() < self.max_batch {
+            let Some(job) = self.waiting.pop_front() else {
+                break;
+            };
+            self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+            let cfg = &self.model.config;
+            self.running.push(Sequence {
+                cache: KvCache::new(cfg.n_layers, cfg.kv_dim()),
+                sampler: Sampler::new(job.request.sampling.clone()),
+                prefilled: 0,
+                generated: Vec::new(),
+                text: TextStream::new(&job.request.stop),
+                request: job.request,
+                events: job.events,
+            });
+        }
+    }
+
+    /// One forward pass over every running sequence, then sampling and events.
+    fn step(&mut self) {
+        let chunk = self.prefill_chunk;
+        let mut inputs: Vec<SeqInput<'_>> = self
+            .running
+            .iter_mut()
+            .map(|seq| {
+                let prompt = &seq.request.prompt;
+                if seq.prefilled < prompt.len() {
+                    let end = (seq.prefilled + chunk).min(prompt.len());
+                    let tokens = &prompt[seq.prefilled..end];
+                    seq.prefilled = end;
+                    SeqInput {
+                        cache: &mut seq.cache,
+                        tokens,
+                        logits: if end == prompt.len() {
+                            Logits::Last
+                        } else {
+                            Logits::None
+                        },
+                    }
+                } else {
+                    SeqInput {
+                        cache: &mut seq.cache,
+                        tokens: std::slice::from_ref(
+                            seq.generated.last().expect("decoding follows a sampled token"),
+                        ),
+                        logits: Logits::Last,
+                    }
+                }
+            })
+            .collect();
+        let logits = self.model.forward(&mut inputs);
+        drop(inputs);
+
+        let mut logits = logits.into_iter();
+        self.running.retain_mut(|seq| {
+            let mut row = logits.next().expect("one logits entry per sequence");
+            if row.is_empty() {
+                return true; // still prefilling
+            }
+            let token = if seq.request.sampling.repetition_penalty == 1.0 {
+                seq.sampler.sample(&mut row, &[])
+            } else {
+                let history: Vec<u32> =
+                    [seq.request.prompt.as_slice(), seq.generated.as_slice()].concat();
+                seq.sampler.sample(&mut row, &history)
+            };
+            advance(seq, token, &self.tokenizer, self.model.config.context_length)
+        });
+    }
+}
+
+/// Takes the sampled `token` into `seq` and sends what it adds; false when the sequence is over
+/// (finished, failed, or its receiver gone).
+fn advance(seq: &mut Sequence, token: u32, tokenizer: &Tokenizer, context: usize) -> bool {
+    let finish = |seq: &mut Sequence, reason: FinishReason, tail: String| {
+        if !tail.is_empty() {
+            let _ = seq.events.send(GenerationEvent::Text(tail));
+        }
+        let _ = seq.events.send(GenerationEvent::Done(Completion {
+            finish_reason: reason,
+            prompt_tokens: seq.request.prompt.len(),
+            completion_tokens: seq.generated.len(),
+        }));
+        false
+    };
+    let decode = |seq: &Sequence| tokenizer.decode(&seq.generated);
+    if tokenizer.stop_tokens().contains(&token) {
+        let tail = match decode(seq) {
+            Ok(text) => seq.text.flush(&text),
+            Err(e) => return fail(seq, e.to_string()),
+        };
+        return finish(seq, FinishReason::Stop, tail);
+    }
+    seq.generated.push(token);
+    let text = match decode(seq) {
+        Ok(text) => text,
+        Err(e) => return fail(seq, e.to_string()),
+    };
+    match seq.text.update(&text) {
+        Delta::Stopped(before) => finish(seq, FinishReason::Stop, before),
+        Delta::More(delta) => {
+            if !delta.is_empty() && seq.events.send(GenerationEvent::Text(delta)).is_err() {
+                return false; // the client went away: free the slot
+            }
+            // The next forward pass feeds `token` at position cache.len().
+            if seq.generated.len() >= seq.request.max_tokens || seq.cache.len() >= context {
+                let tail = seq.text.flush(&text);
+                return finish(seq, FinishReason::Length, tail);
+            }
+            true
+        }
+    }
+}
+
+fn fail(seq: &Sequence, message: String) -> bool {
+    let _ = seq.events.send(GenerationEvent::Error(message));
+    false
 }

@@ -8,7 +8,12 @@
 
 pub mod config;
 pub mod engine;
+pub mod kv;
 pub mod load;
+pub mod metadata;
+pub mod model;
+pub mod sampling;
+pub mod stream;
 pub mod testmodel;
 pub mod tokenizer;
 
@@ -17,5 +22,7 @@ pub use engine::{
     Completion, Engine, EngineOptions, EngineStats, FinishReason, GenerationEvent,
     GenerationRequest, SamplingParams, SubmitError,
 };
+pub use kv::KvCache;
+pub use model::{Logits, Model, SeqInput};
 pub use load::{load_engine, LoadError};
 pub use tokenizer::{ChatMessage, Tokenizer, TokenizerError};

@@ -1,23 +1,261 @@
-//! Loading a model from GGUF + .mhc.
+//! Loading a model from GGUF + .mhc: every tensor name, type and shape checked against the
+//! hyper-parameters in the file's metadata, ternary weights repacked once into planar form (q/k/v
+//! and gate/up stacked), the .mhc matrices checked doubly stochastic, the file unmapped afterwards.
 
-use std::path::Path;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 
+use gguf::{GgmlType, GgufFile};
+use half::f16;
+use ternary::{Kernel, PlanarWeights};
+
+use crate::config::ModelConfig;
 use crate::engine::{Engine, EngineOptions};
+use crate::metadata;
+use crate::model::{Block, Embedding, Head, Model};
+use crate::tokenizer::Tokenizer;
 
-/// Why a model could not be loaded.
+/// Largest deviation of an H_res row or column sum from 1 that loading accepts.
+pub const DOUBLY_STOCHASTIC_TOLERANCE: f64 = 1e-5;
+
+/// Why a model could not be loaded; the message names the file and what is wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("{0}")]
-    Invalid(String),
+    #[error("{}: {source}", path.display())]
+    Gguf {
+        path: PathBuf,
+        source: gguf::GgufError,
+    },
+    #[error("{}: {message}", path.display())]
+    Invalid { path: PathBuf, message: String },
+    #[error(transparent)]
+    Mhc(#[from] mhc::MhcFileError),
+    #[error("kernel: {0}")]
+    Kernel(#[from] ternary::KernelError),
 }
 
-/// Opens `gguf` (and `mhc`, required when the model has 2 or 4 streams; by default the .mhc file
-/// beside the GGUF) and starts an engine on it.
+/// The .mhc file that goes with `gguf` by default: the same path with the extension `.mhc`.
+pub fn default_mhc_path(gguf: &Path) -> PathBuf {
+    gguf.with_extension("mhc")
+}
+
+impl Model {
+    /// Loads `gguf` and, for a model with 2 or 4 residual streams, `mhc` (default: beside the GGUF,
+    /// see [`default_mhc_path`]); also returns the embedded tokenizer.
+    pub fn load(gguf_path: &Path, mhc_path: Option<&Path>) -> Result<(Model, Tokenizer), LoadError> {
+        let invalid = |message: String| LoadError::Invalid {
+            path: gguf_path.to_path_buf(),
+            message,
+        };
+        let file = GgufFile::open(gguf_path).map_err(|source| LoadError::Gguf {
+            path: gguf_path.to_path_buf(),
+            source,
+        })?;
+        let config = metadata::read_config(&file).map_err(invalid)?;
+        if config.moe.is_some() {
+            return Err(invalid(
+                "mixture-of-experts models are not supported by this inference engine".into(),
+            ));
+        }
+        let tokenizer = metadata::read_tokenizer_json(&file)
+            .and_then(|json| Tokenizer::from_json(json).map_err(|e| e.to_string()))
+            .map_err(invalid)?;
+        if tokenizer.vocab_size() > config.vocab_size {
+            return Err(invalid(format!(
+                "the tokenizer has {} tokens, more than the model's vocabulary of {}",
+                tokenizer.vocab_size(),
+                config.vocab_size
+            )));
+        }
+        let reader = TensorReader {
+            file: &file,
+            expected: Default::default(),
+        };
+        let model = reader.model(config).map_err(invalid)?;
+        reader.check_no_extra_tensors().map_err(invalid)?;
+
+        let mut model = model;
+        if model.config.mhc_streams > 1 {
+            let path = mhc_path
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| default_mhc_path(gguf_path));
+            let mhc_invalid = |message: String| LoadError::Invalid {
+                path: path.clone(),
+                message,
+            };
+            let params = mhc::MhcFile::read(&path)?;
+            if params.n_streams().count() != model.config.mhc_streams
+                || params.n_layers() != model.config.n_layers
+            {
+                return Err(mhc_invalid(format!(
+                    "{} streams × {} layers, the model has {} × {}",
+                    params.n_streams().count(),
+                    params.n_layers(),
+                    model.config.mhc_streams,
+                    model.config.n_layers
+                )));
+            }
+            params
+                .check_doubly_stochastic(DOUBLY_STOCHASTIC_TOLERANCE)
+                .map_err(|e| mhc_invalid(e.to_string()))?;
+            model.mixings = params.mixings();
+        } else if let Some(path) = mhc_path {
+            return Err(LoadError::Invalid {
+                path: path.to_path_buf(),
+                message: "the model has plain residuals (1 stream): no .mhc file is used".into(),
+            });
+        }
+        Ok((model, tokenizer))
+    }
+}
+
+/// Reads tensors, remembering which were used.
+struct TensorReader<'a> {
+    file: &'a GgufFile,
+    expected: std::cell::RefCell<HashSet<String>>,
+}
+
+impl TensorReader<'_> {
+    fn model(&self, config: ModelConfig) -> Result<Model, String> {
+        let (c, kv, f) = (config.dim, config.kv_dim(), config.ffn_dim);
+        let embedding = self.embedding(&config)?;
+        let mut blocks = Vec::with_capacity(config.n_layers);
+        for l in 0..config.n_layers {
+            let name = |t: &str| format!("blk.{l}.{t}.weight");
+            blocks.push(Block {
+                attn_norm: self.vector(&name("attn_norm"), c)?,
+                qkv: self.ternary_stack(
+                    &[(name("attn_q"), c), (name("attn_k"), kv), (name("attn_v"), kv)],
+                    c,
+                )?,
+                attn_output: self.ternary_stack(&[(name("attn_output"), c)], c)?,
+                ffn_norm: self.vector(&name("ffn_norm"), c)?,
+                gate_up: self.ternary_stack(&[(name("ffn_gate"), f), (name("ffn_up"), f)], c)?,
+                ffn_down: self.ternary_stack(&[(name("ffn_down"), c)], f)?,
+            });
+        }
+        let output_norm = self.vector("output_norm.weight", c)?;
+        let head = if config.tied_embeddings {
+            Head::Tied
+        } else {
+            Head::Ternary(self.ternary_stack(&[("output.weight".into(), config.vocab_size)], c)?)
+        };
+        Ok(Model {
+            embedding,
+            blocks,
+            output_norm,
+            head,
+            mixings: Vec::new(),
+            kernel: Kernel::selected().map_err(|e| e.to_string())?,
+            config,
+        })
+    }
+
+    fn tensor(&self, name: &str) -> Result<gguf::Tensor<'_>, String> {
+        self.expected.borrow_mut().insert(name.to_string());
+        self.file
+            .tensor(name)
+            .ok_or_else(|| format!("tensor {name:?} is missing"))
+    }
+
+    fn embedding(&self, config: &ModelConfig) -> Result<Embedding, String> {
+        let name = "token_embd.weight";
+        let t = self.tensor(name)?;
+        let expected = [config.vocab_size as u64, config.dim as u64];
+        if t.info.shape() != expected {
+            return Err(format!(
+                "tensor {name:?} has shape {:?}, expected {expected:?}",
+                t.info.shape()
+            ));
+        }
+        match t.info.ggml_type() {
+            GgmlType::F32 => Ok(Embedding::F32(
+                t.f32_values().expect("checked F32").into_owned(),
+            )),
+            GgmlType::F16 => Ok(Embedding::F16(
+                t.data
+                    .chunks_exact(2)
+                    .map(|b| f16::from_le_bytes([b[0], b[1]]))
+                    .collect(),
+            )),
+            other => Err(format!("tensor {name:?} is {other}, expected F32 or F16")),
+        }
+    }
+
+    /// An F32 vector of `len` values, all finite.
+    fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, String> {
+        let t = self.tensor(name)?;
+        if t.info.shape() != [len as u64] {
+            return Err(format!(
+                "tensor {name:?} has shape {:?}, expected [{len}]",
+                t.info.shape()
+            ));
+        }
+        let values = t
+            .f32_values()
+            .ok_or_else(|| format!("tensor {name:?} is {}, expected F32", t.info.ggml_type()))?;
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(format!("tensor {name:?} has a non-finite value at {i}"));
+        }
+        Ok(values.into_owned())
+    }
+
+    /// Ternary weights `(name, rows)` of `cols` columns each, stacked row-wise into one planar
+    /// matrix.
+    fn ternary_stack(&self, parts: &[(String, usize)], cols: usize) -> Result<PlanarWeights, String> {
+        let mut codes = Vec::new();
+        let mut scales = Vec::new();
+        let mut rows = 0;
+        for (name, part_rows) in parts {
+            self.expected.borrow_mut().insert(name.clone());
+            self.expected
+                .borrow_mut()
+                .insert(gguf::ternary::scale_name(name));
+            let pair = gguf::ternary_pair(self.file, name).map_err(|e| e.to_string())?;
+            let [codes_shape, scales_shape] = gguf::ternary::pair_shapes(*part_rows, cols);
+            if pair.codes.info.shape() != codes_shape || pair.scales.info.shape() != scales_shape {
+                return Err(format!(
+                    "ternary weight {name:?} has shape {:?}, expected {codes_shape:?} \
+                     (a {part_rows}x{cols} matrix)",
+                    pair.codes.info.shape()
+                ));
+            }
+            codes.extend_from_slice(pair.codes.data);
+            scales.extend_from_slice(&pair.scales.f32_values().expect("checked F32"));
+            rows += part_rows;
+        }
+        let names: Vec<&str> = parts.iter().map(|(n, _)| n.as_str()).collect();
+        PlanarWeights::from_packed(rows, cols, &codes, &scales)
+            .map_err(|e| format!("ternary weight {}: {e}", names.join(" + ")))
+    }
+
+    fn check_no_extra_tensors(&self) -> Result<(), String> {
+        let expected = self.expected.borrow();
+        match self
+            .file
+            .tensor_infos()
+            .iter()
+            .find(|t| !expected.contains(t.name()))
+        {
+            Some(extra) => Err(format!(
+                "unexpected tensor {:?} (not part of this configuration)",
+                extra.name()
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Opens `gguf` (and `mhc`, see [`Model::load`]) and starts an engine on it, named after the file.
 pub fn load_engine(
     gguf: &Path,
     mhc: Option<&Path>,
     options: EngineOptions,
 ) -> Result<Engine, LoadError> {
-    let _ = (gguf, mhc, options);
-    todo!("loader")
+    let (model, tokenizer) = Model::load(gguf, mhc)?;
+    let name = gguf
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "nanochat".into());
+    Ok(Engine::start(model, tokenizer, name, options))
 }

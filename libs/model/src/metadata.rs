@@ -1,0 +1,160 @@
+//! The GGUF metadata of a nanochat model: the keys `quantize-export` writes and the loader reads.
+//!
+//! The file's ternary tensors record only `ceil(cols / 4)` code bytes per row, so the shapes come
+//! from these hyper-parameters, and every tensor is checked against them on load.
+
+use gguf::{Gguf, Layout, Value, WriteError};
+
+use crate::config::{ModelConfig, MoeConfig};
+
+/// `general.architecture` of every nanochat file.
+pub const ARCHITECTURE: &str = "nanochat";
+/// The tokenizer's `tokenizer.json` document.
+pub const TOKENIZER_KEY: &str = "tokenizer.huggingface.json";
+
+const VOCAB: &str = "nanochat.vocab_size";
+const DIM: &str = "nanochat.embedding_length";
+const LAYERS: &str = "nanochat.block_count";
+const HEADS: &str = "nanochat.attention.head_count";
+const KV_HEADS: &str = "nanochat.attention.head_count_kv";
+const FFN: &str = "nanochat.feed_forward_length";
+const CONTEXT: &str = "nanochat.context_length";
+const ROPE_THETA: &str = "nanochat.rope.freq_base";
+const NORM_EPS: &str = "nanochat.attention.layer_norm_rms_epsilon";
+const STREAMS: &str = "nanochat.mhc.stream_count";
+const TIED: &str = "nanochat.tied_embeddings";
+const EXPERTS: &str = "nanochat.expert_count";
+const EXPERTS_USED: &str = "nanochat.expert_used_count";
+
+/// Sets the architecture and every hyper-parameter of `config` in `layout`.
+pub fn write_config(layout: &mut Layout, config: &ModelConfig) -> Result<(), WriteError> {
+    layout.set("general.architecture", ARCHITECTURE)?;
+    for (key, value) in [
+        (VOCAB, config.vocab_size),
+        (DIM, config.dim),
+        (LAYERS, config.n_layers),
+        (HEADS, config.n_heads),
+        (KV_HEADS, config.n_kv_heads),
+        (FFN, config.ffn_dim),
+        (CONTEXT, config.context_length),
+        (STREAMS, config.mhc_streams),
+    ] {
+        layout.set(key, value as u32)?;
+    }
+    layout.set(ROPE_THETA, config.rope_theta)?;
+    layout.set(NORM_EPS, config.norm_eps)?;
+    layout.set(TIED, config.tied_embeddings)?;
+    if let Some(moe) = config.moe {
+        layout.set(EXPERTS, moe.n_experts as u32)?;
+        layout.set(EXPERTS_USED, moe.experts_per_token as u32)?;
+    }
+    Ok(())
+}
+
+/// Reads and validates the hyper-parameters; the error names the missing or bad key.
+pub fn read_config<B: AsRef<[u8]>>(gguf: &Gguf<B>) -> Result<ModelConfig, String> {
+    match gguf.get("general.architecture").and_then(Value::as_str) {
+        Some(ARCHITECTURE) => {}
+        Some(other) => {
+            return Err(format!(
+                "general.architecture is {other:?}, not {ARCHITECTURE:?}: not a nanochat model"
+            ))
+        }
+        None => return Err("no general.architecture: not a nanochat model file".into()),
+    }
+    let int = |key: &str| -> Result<usize, String> {
+        gguf.get(key)
+            .and_then(Value::as_u64)
+            .and_then(|v| usize::try_from(v).ok())
+            .ok_or_else(|| format!("metadata {key} is missing or not an unsigned integer"))
+    };
+    let float = |key: &str| -> Result<f32, String> {
+        match gguf.get(key) {
+            Some(Value::F32(v)) => Ok(*v),
+            Some(Value::F64(v)) => Ok(*v as f32),
+            _ => Err(format!("metadata {key} is missing or not a float")),
+        }
+    };
+    let tied = match gguf.get(TIED) {
+        Some(Value::Bool(b)) => *b,
+        _ => return Err(format!("metadata {TIED} is missing or not a bool")),
+    };
+    let moe = match gguf.get(EXPERTS) {
+        None => None,
+        Some(_) => Some(MoeConfig {
+            n_experts: int(EXPERTS)?,
+            experts_per_token: int(EXPERTS_USED)?,
+        }),
+    };
+    let config = ModelConfig {
+        vocab_size: int(VOCAB)?,
+        dim: int(DIM)?,
+        n_layers: int(LAYERS)?,
+        n_heads: int(HEADS)?,
+        n_kv_heads: int(KV_HEADS)?,
+        ffn_dim: int(FFN)?,
+        context_length: int(CONTEXT)?,
+        rope_theta: float(ROPE_THETA)?,
+        norm_eps: float(NORM_EPS)?,
+        mhc_streams: int(STREAMS)?,
+        tied_embeddings: tied,
+        moe,
+    };
+    config
+        .validate()
+        .map_err(|e| format!("hyper-parameters: {e}"))?;
+    Ok(config)
+}
+
+/// The embedded tokenizer document.
+pub fn read_tokenizer_json<B: AsRef<[u8]>>(gguf: &Gguf<B>) -> Result<&str, String> {
+    gguf.get(TOKENIZER_KEY)
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("no {TOKENIZER_KEY} string in the file (export embeds it)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(layout: &Layout) -> Gguf<Vec<u8>> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.gguf");
+        gguf::GgufWriter::create(&path, layout)
+            .unwrap()
+            .finish()
+            .unwrap();
+        Gguf::parse(std::fs::read(&path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn every_preset_round_trips_through_metadata() {
+        for name in crate::config::PRESETS {
+            let config = ModelConfig::preset(name).unwrap();
+            let mut layout = Layout::new();
+            write_config(&mut layout, &config).unwrap();
+            assert_eq!(read_config(&parse(&layout)).unwrap(), config, "{name}");
+        }
+    }
+
+    #[test]
+    fn missing_or_wrong_keys_are_named() {
+        let config = ModelConfig::preset("tiny").unwrap();
+        let mut layout = Layout::new();
+        write_config(&mut layout, &config).unwrap();
+        layout.set(FFN, "wide").unwrap();
+        let err = read_config(&parse(&layout)).unwrap_err();
+        assert!(err.contains(FFN), "{err}");
+
+        let mut layout = Layout::new();
+        write_config(&mut layout, &config).unwrap();
+        layout.set(HEADS, 3u32).unwrap();
+        let err = read_config(&parse(&layout)).unwrap_err();
+        assert!(err.contains("n_heads"), "{err}");
+
+        let mut layout = Layout::new();
+        layout.set("general.architecture", "llama").unwrap();
+        assert!(read_config(&parse(&layout)).unwrap_err().contains("llama"));
+        assert!(read_tokenizer_json(&parse(&layout)).is_err());
+    }
+}

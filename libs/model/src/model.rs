@@ -1,0 +1,457 @@
+//! The inference model and its forward pass over a batch of sequences.
+//!
+//! Shapes: R = rows of the batch (tokens of every sequence, in order), C = dim, n = residual
+//! streams, KV = kv_dim, F = ffn_dim, V = vocab. Per block l, with u = the sub-layer input
+//! (mHC `prepare_input` of the streams, or the residual itself when n = 1):
+//! ```text
+//!   h = rmsnorm(u) · attn_norm           q|k|v = BitLinear_qkv(h)     rope(q, k) at each row's position
+//!   a = softmax(q·kᵀ/√d, causal) · v     (grouped-query: head i reads kv head i / (heads/kv_heads))
+//!   o = BitLinear_o(a)                   streams = mHC apply(streams, o)   (or x = x + o)
+//!   h = rmsnorm(u) · ffn_norm            g|up = BitLinear_gate_up(h)
+//!   d = BitLinear_down(silu(g) · up)     streams = mHC apply(streams, d)   (or x = x + d)
+//! ```
+//! then collapse (mean of the streams), rmsnorm · output_norm, and the LM head (a ternary
+//! BitLinear, or the f32 embedding when tied). BitLinear(x) = ternary GEMM of the absmax-int8
+//! quantized rows of x (libs/ternary's numerics). q, k, v share one fused weight (rows stacked in
+//! that order), as do gate and up: the activation is quantized once and every output row is the
+//! same as with separate weights.
+//!
+//! RMSNorm: `y_j = x_j · (1 / sqrt(mean(x²) + eps)) · w_j`. RoPE (rotate-half pairs (i, i + d/2)):
+//! `θ_i = pos · theta^(−2i/d)`, `(x_i, x_{i+d/2}) → (x_i cos θ − x_{i+d/2} sin θ, x_i sin θ +
+//! x_{i+d/2} cos θ)`. SiLU: `g / (1 + e^(−g))`. The training graph (libs/train) follows this text.
+
+use half::f16;
+use rayon::prelude::*;
+use ternary::{Kernel, PlanarWeights, QuantizedBatch};
+
+use crate::config::ModelConfig;
+use crate::kv::KvCache;
+
+/// The token embedding table `[V, C]`, as the file stores it.
+pub enum Embedding {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+}
+
+impl Embedding {
+    /// Row `token` as f32.
+    fn row_into(&self, token: usize, dim: usize, out: &mut [f32]) {
+        let range = token * dim..(token + 1) * dim;
+        match self {
+            Embedding::F32(v) => out.copy_from_slice(&v[range]),
+            Embedding::F16(v) => {
+                for (o, h) in out.iter_mut().zip(&v[range]) {
+                    *o = h.to_f32();
+                }
+            }
+        }
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Embedding::F32(v) => 4 * v.len(),
+            Embedding::F16(v) => 2 * v.len(),
+        }
+    }
+
+    /// `logits[t] = Σ_j h_j · E[t, j]` for every token t (the tied LM head).
+    fn tied_logits(&self, h: &[f32], dim: usize, logits: &mut [f32]) {
+        const CHUNK: usize = 256;
+        logits
+            .par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(chunk, out)| {
+                let mut row = vec![0.0f32; dim];
+                for (i, o) in out.iter_mut().enumerate() {
+                    self.row_into(chunk * CHUNK + i, dim, &mut row);
+                    *o = dot(&row, h);
+                }
+            });
+    }
+}
+
+/// One transformer block's weights.
+pub struct Block {
+    pub attn_norm: Vec<f32>,
+    /// `[C + 2·KV, C]`: q rows, then k rows, then v rows.
+    pub qkv: PlanarWeights,
+    /// `[C, C]`.
+    pub attn_output: PlanarWeights,
+    pub ffn_norm: Vec<f32>,
+    /// `[2·F, C]`: gate rows, then up rows.
+    pub gate_up: PlanarWeights,
+    /// `[C, F]`.
+    pub ffn_down: PlanarWeights,
+}
+
+/// The LM head.
+pub enum Head {
+    Ternary(PlanarWeights),
+    /// Tied to the embedding (full precision).
+    Tied,
+}
+
+/// A loaded model, ready to run.
+pub struct Model {
+    pub config: ModelConfig,
+    pub embedding: Embedding,
+    pub blocks: Vec<Block>,
+    pub output_norm: Vec<f32>,
+    pub head: Head,
+    /// Two per block (attention, FFN); empty for plain residuals.
+    pub mixings: Vec<mhc::Mixing>,
+    pub kernel: Kernel,
+}
+
+/// One sequence's part of a batch: its cache, the new tokens, and which logits it wants back.
+pub struct SeqInput<'a> {
+    pub cache: &'a mut KvCache,
+    pub tokens: &'a [u32],
+    pub logits: Logits,
+}
+
+/// Which rows' logits a sequence wants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    None,
+    Last,
+    All,
+}
+
+/// Scratch buffers of one batch.
+struct Scratch {
+    /// `[R, n·C]` residual streams (n = 1: the residual itself).
+    streams: Vec<f32>,
+    /// `[R, C]` sub-layer input, then its normalized form.
+    u: Vec<f32>,
+    h: Vec<f32>,
+    /// `[R, C + 2·KV]`.
+    qkv: Vec<f32>,
+    /// `[R, C]`.
+    attn: Vec<f32>,
+    out: Vec<f32>,
+    /// `[R, 2·F]` and `[R, F]`.
+    gate_up: Vec<f32>,
+    act: Vec<f32>,
+}
+
+impl Model {
+    /// Runs the new tokens of every sequence through the model, appending them to the caches, and
+    /// returns for each sequence the logits it asked for (`[rows, V]` row-major; empty for
+    /// `Logits::None`).
+    ///
+    /// # Panics
+    /// If a token is outside the vocabulary or a sequence would exceed the context (the engine
+    /// checks both before calling).
+    pub fn forward(&self, batch: &mut [SeqInput<'_>]) -> Vec<Vec<f32>> {
+        let cfg = &self.config;
+        let (c, kv, f) = (cfg.dim, cfg.kv_dim(), cfg.ffn_dim);
+        let n = cfg.mhc_streams;
+        // Row r of the batch belongs to sequence seq_of[r] at position pos_of[r].
+        let mut seq_of = Vec::new();
+        let mut pos_of = Vec::new();
+        for (s, input) in batch.iter().enumerate() {
+            let start = input.cache.len();
+            assert!(
+                start + input.tokens.len() <= cfg.context_length,
+                "sequence {s} would exceed the context of {}",
+                cfg.context_length
+            );
+            for i in 0..input.tokens.len() {
+                seq_of.push(s);
+                pos_of.push(start + i);
+            }
+        }
+        let rows = seq_of.len();
+        if rows == 0 {
+            return batch.iter().map(|_| Vec::new()).collect();
+        }
+        let mut x = vec![0.0f32; rows * c];
+        for (row, token) in x
+            .chunks_exact_mut(c)
+            .zip(batch.iter().flat_map(|b| b.tokens.iter()))
+        {
+            let token = *token as usize;
+            assert!(token < cfg.vocab_size, "token {token} outside the vocabulary");
+            self.embedding.row_into(token, c, row);
+        }
+        let mut s = Scratch {
+            streams: vec![0.0; rows * n * c],
+            u: vec![0.0; rows * c],
+            h: vec![0.0; rows * c],
+            qkv: vec![0.0; rows * (c + 2 * kv)],
+            attn: vec![0.0; rows * c],
+            out: vec![0.0; rows * c],
+            gate_up: vec![0.0; rows * 2 * f],
+            act: vec![0.0; rows * f],
+        };
+        match self.n_streams() {
+            Some(ns) => mhc::expand(ns, &x, c, &mut s.streams),
+            None => s.streams.copy_from_slice(&x),
+        }
+
+        for (l, block) in self.blocks.iter().enumerate() {
+            // Attention.
+            self.sublayer_input(2 * l, &mut s);
+            rmsnorm_rows(&s.u, &block.attn_norm, cfg.norm_eps, &mut s.h);
+            self.bitlinear(&block.qkv, &s.h, c, &mut s.qkv);
+            for (row, &pos) in s.qkv.chunks_exact_mut(c + 2 * kv).zip(&pos_of) {
+                let (q, rest) = row.split_at_mut(c);
+                rope(q, cfg.head_dim(), pos, cfg.rope_theta);
+                rope(&mut rest[..kv], cfg.head_dim(), pos, cfg.rope_theta);
+            }
+            let mut row = 0;
+            for input in batch.iter_mut() {
+                for _ in input.tokens {
+                    let qkv = &s.qkv[row * (c + 2 * kv)..(row + 1) * (c + 2 * kv)];
+                    input
+                        .cache
+                        .push(l, &qkv[c..c + kv], &qkv[c + kv..c + 2 * kv]);
+                    row += 1;
+                }
+            }
+            self.attention(l, batch, &seq_of, &pos_of, &s.qkv, &mut s.attn);
+            self.bitlinear(&block.attn_output, &s.attn, c, &mut s.out);
+            self.residual_update(2 * l, &mut s);
+
+            // Feed-forward.
+            self.sublayer_input(2 * l + 1, &mut s);
+            rmsnorm_rows(&s.u, &block.ffn_norm, cfg.norm_eps, &mut s.h);
+            self.bitlinear(&block.gate_up, &s.h, c, &mut s.gate_up);
+            for (gu, a) in s.gate_up.chunks_exact(2 * f).zip(s.act.chunks_exact_mut(f)) {
+                let (gate, up) = gu.split_at(f);
+                for ((a, &g), &u) in a.iter_mut().zip(gate).zip(up) {
+                    *a = silu(g) * u;
+                }
+            }
+            self.bitlinear(&block.ffn_down, &s.act, f, &mut s.out);
+            self.residual_update(2 * l + 1, &mut s);
+        }
+        for input in batch.iter_mut() {
+            input.cache.commit(input.tokens.len());
+        }
+
+        match self.n_streams() {
+            Some(ns) => mhc::collapse(ns, &s.streams, c, &mut x),
+            None => x.copy_from_slice(&s.streams),
+        }
+        // Rows whose logits are wanted.
+        let mut wanted = Vec::new();
+        let mut first = 0;
+        for input in batch.iter() {
+            let t = input.tokens.len();
+            match input.logits {
+                Logits::None => {}
+                Logits::Last if t > 0 => wanted.push(first + t - 1),
+                Logits::Last => {}
+                Logits::All => wanted.extend(first..first + t),
+            }
+            first += t;
+        }
+        let mut h = vec![0.0f32; wanted.len() * c];
+        for (out, &r) in h.chunks_exact_mut(c).zip(&wanted) {
+            out.copy_from_slice(&x[r * c..(r + 1) * c]);
+        }
+        let mut normed = vec![0.0f32; h.len()];
+        rmsnorm_rows(&h, &self.output_norm, cfg.norm_eps, &mut normed);
+        let v = cfg.vocab_size;
+        let mut logits = vec![0.0f32; wanted.len() * v];
+        if !wanted.is_empty() {
+            match &self.head {
+                Head::Ternary(w) => self.bitlinear(w, &normed, c, &mut logits),
+                Head::Tied => {
+                    for (out, hr) in logits.chunks_exact_mut(v).zip(normed.chunks_exact(c)) {
+                        self.embedding.tied_logits(hr, c, out);
+                    }
+                }
+            }
+        }
+        // Split back per sequence.
+        let mut result = Vec::with_capacity(batch.len());
+        let mut next = logits.chunks_exact(v);
+        for input in batch.iter() {
+            let count = match input.logits {
+                Logits::None => 0,
+                Logits::Last => usize::from(!input.tokens.is_empty()),
+                Logits::All => input.tokens.len(),
+            };
+            let mut seq = Vec::with_capacity(count * v);
+            for _ in 0..count {
+                seq.extend_from_slice(next.next().expect("one logits row per wanted row"));
+            }
+            result.push(seq);
+        }
+        result
+    }
+
+    fn n_streams(&self) -> Option<mhc::NStreams> {
+        mhc::NStreams::from_count(self.config.mhc_streams)
+    }
+
+    /// `s.u` = the input of sub-layer `module` (0, 1 for block 0's attention and FFN, ...).
+    fn sublayer_input(&self, module: usize, s: &mut Scratch) {
+        match self.mixings.get(module) {
+            Some(m) => m.prepare_input(&s.streams, self.config.dim, &mut s.u),
+            None => s.u.copy_from_slice(&s.streams),
+        }
+    }
+
+    /// Adds the sub-layer output `s.out` into the residual streams.
+    fn residual_update(&self, module: usize, s: &mut Scratch) {
+        match self.mixings.get(module) {
+            Some(m) => m.apply(&mut s.streams, &s.out, self.config.dim),
+            None => {
+                for (x, &o) in s.streams.iter_mut().zip(&s.out) {
+                    *x += o;
+                }
+            }
+        }
+    }
+
+    /// `y = W · quantize(x)` for every row of `x` (`[R, cols]`), into `y` (`[R, W.rows]`).
+    fn bitlinear(&self, w: &PlanarWeights, x: &[f32], cols: usize, y: &mut [f32]) {
+        let q = QuantizedBatch::quantize(x, cols);
+        let result = if rayon::current_num_threads() > 1 {
+            ternary::kernels::par_gemm(self.kernel, w, &q, y)
+        } else {
+            ternary::kernels::gemm(self.kernel, w, &q, y)
+        };
+        result.expect("weights and buffers are shaped by the config");
+    }
+
+    /// Causal grouped-query attention of every row against its sequence's cache (which already
+    /// holds the row's own key and value), into `out` (`[R, C]`).
+    fn attention(
+        &self,
+        layer: usize,
+        batch: &[SeqInput<'_>],
+        seq_of: &[usize],
+        pos_of: &[usize],
+        qkv: &[f32],
+        out: &mut [f32],
+    ) {
+        let cfg = &self.config;
+        let (c, kv, d) = (cfg.dim, cfg.kv_dim(), cfg.head_dim());
+        let group = cfg.n_heads / cfg.n_kv_heads;
+        let scale = 1.0 / (d as f32).sqrt();
+        let work = |(r, out_row): (usize, &mut [f32])| {
+            let cache = &batch[seq_of[r]].cache;
+            let len = pos_of[r] + 1;
+            let (keys, values) = cache.layer(layer, len);
+            let q_row = &qkv[r * (c + 2 * kv)..r * (c + 2 * kv) + c];
+            let mut weights = vec![0.0f32; len];
+            for (head, out_head) in out_row.chunks_exact_mut(d).enumerate() {
+                let q = &q_row[head * d..(head + 1) * d];
+                let kv_off = (head / group) * d;
+                let mut max = f32::NEG_INFINITY;
+                for (t, w) in weights.iter_mut().enumerate() {
+                    *w = dot(q, &keys[t * kv + kv_off..t * kv + kv_off + d]) * scale;
+                    max = max.max(*w);
+                }
+                let mut sum = 0.0f32;
+                for w in weights.iter_mut() {
+                    *w = (*w - max).exp();
+                    sum += *w;
+                }
+                let inv = 1.0 / sum;
+                out_head.fill(0.0);
+                for (t, &w) in weights.iter().enumerate() {
+                    let p = w * inv;
+                    let v = &values[t * kv + kv_off..t * kv + kv_off + d];
+                    for (o, &vv) in out_head.iter_mut().zip(v) {
+                        *o += p * vv;
+                    }
+                }
+            }
+        };
+        // Parallel across rows once there is enough work to pay for the split.
+        let total: usize = pos_of.iter().map(|p| p + 1).sum::<usize>() * c;
+        if total >= 1 << 16 && rayon::current_num_threads() > 1 {
+            out.par_chunks_exact_mut(c).enumerate().for_each(work);
+        } else {
+            out.chunks_exact_mut(c).enumerate().for_each(work);
+        }
+    }
+}
+
+/// RMSNorm of every row of `x` (`[R, C]`, C = weight.len()) into `out`.
+fn rmsnorm_rows(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let c = weight.len();
+    for (xr, or) in x.chunks_exact(c).zip(out.chunks_exact_mut(c)) {
+        let mean_sq = xr.iter().map(|v| v * v).sum::<f32>() / c as f32;
+        let inv = 1.0 / (mean_sq + eps).sqrt();
+        for ((o, &v), &w) in or.iter_mut().zip(xr).zip(weight) {
+            *o = v * inv * w;
+        }
+    }
+}
+
+/// Rotary position embedding of every head of `x` (heads of `head_dim` channels) at `pos`.
+fn rope(x: &mut [f32], head_dim: usize, pos: usize, theta: f32) {
+    let half = head_dim / 2;
+    for head in x.chunks_exact_mut(head_dim) {
+        let (lo, hi) = head.split_at_mut(half);
+        for (i, (a, b)) in lo.iter_mut().zip(hi.iter_mut()).enumerate() {
+            let freq = theta.powf(-2.0 * i as f32 / head_dim as f32);
+            let (sin, cos) = (pos as f32 * freq).sin_cos();
+            let (x0, x1) = (*a, *b);
+            *a = x0 * cos - x1 * sin;
+            *b = x0 * sin + x1 * cos;
+        }
+    }
+}
+
+fn silu(g: f32) -> f32 {
+    g / (1.0 + (-g).exp())
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Eight independent accumulators: lets the compiler vectorize without reassociating.
+    let mut acc = [0.0f32; 8];
+    let chunks = a.len() / 8 * 8;
+    for (ca, cb) in a[..chunks].chunks_exact(8).zip(b[..chunks].chunks_exact(8)) {
+        for i in 0..8 {
+            acc[i] += ca[i] * cb[i];
+        }
+    }
+    let mut sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    for (x, y) in a[chunks..].iter().zip(&b[chunks..]) {
+        sum += x * y;
+    }
+    sum
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rmsnorm_of_a_constant_row_is_the_weight() {
+        let mut out = [0.0; 4];
+        rmsnorm_rows(&[3.0; 4], &[1.0, 2.0, 0.5, -1.0], 0.0, &mut out);
+        assert_eq!(out, [1.0, 2.0, 0.5, -1.0]);
+    }
+
+    #[test]
+    fn rope_keeps_norms_and_is_identity_at_position_zero() {
+        let x: Vec<f32> = (0..16).map(|i| i as f32 - 7.5).collect();
+        let mut y = x.clone();
+        rope(&mut y, 8, 0, 10_000.0);
+        assert_eq!(x, y);
+        rope(&mut y, 8, 37, 10_000.0);
+        for (hx, hy) in x.chunks(8).zip(y.chunks(8)) {
+            let n = |v: &[f32]| v.iter().map(|a| a * a).sum::<f32>();
+            assert!((n(hx) - n(hy)).abs() < 1e-3);
+        }
+        assert_ne!(x, y);
+    }
+
+    #[test]
+    fn dot_matches_a_plain_sum() {
+        let a: Vec<f32> = (0..37).map(|i| (i as f32).sin()).collect();
+        let b: Vec<f32> = (0..37).map(|i| (i as f32).cos()).collect();
+        let plain: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        assert!((dot(&a, &b) - plain).abs() < 1e-5);
+    }
+}

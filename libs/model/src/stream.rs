@@ -1,0 +1,153 @@
+//! Turning generated token ids into text deltas: UTF-8 complete, and never any part of a stop
+//! string (text that could still grow into one is held back until it cannot).
+
+/// What to do after a token's text arrived.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Delta {
+    /// Send this text (possibly empty) and go on.
+    More(String),
+    /// A stop string was generated: send this text (what came before it) and finish.
+    Stopped(String),
+}
+
+/// The completion text so far and how much of it was sent.
+#[derive(Debug, Default)]
+pub struct TextStream {
+    stop: Vec<String>,
+    sent: usize,
+}
+
+impl TextStream {
+    /// `stop`: the request's stop strings (empty ones are ignored).
+    pub fn new(stop: &[String]) -> Self {
+        TextStream {
+            stop: stop.iter().filter(|s| !s.is_empty()).cloned().collect(),
+            sent: 0,
+        }
+    }
+
+    /// Given the whole decoded completion `text` (which only grows, apart from a trailing partial
+    /// character that the decoder shows as U+FFFD), the next piece to send.
+    pub fn update(&mut self, text: &str) -> Delta {
+        // A trailing replacement character is usually half of a multi-byte character: wait.
+        let stable = text.strip_suffix('\u{FFFD}').unwrap_or(text);
+        let search_from = self.sent.min(stable.len());
+        let first_stop = self
+            .stop
+            .iter()
+            .filter_map(|s| {
+                // A stop string may straddle what was already sent only if it was held back, so
+                // searching from the sent boundary minus its length suffices.
+                let from = floor_char_boundary(stable, search_from.saturating_sub(s.len()));
+                stable[from..].find(s.as_str()).map(|i| from + i)
+            })
+            .min();
+        if let Some(at) = first_stop {
+            let delta = stable[self.sent.min(at)..at].to_string();
+            self.sent = at;
+            return Delta::Stopped(delta);
+        }
+        // Hold back the longest suffix that is a proper prefix of some stop string.
+        let held = self
+            .stop
+            .iter()
+            .flat_map(|s| {
+                (1..s.len())
+                    .filter(move |&k| s.is_char_boundary(k))
+                    .map(move |k| &s[..k])
+            })
+            .filter(|prefix| stable.ends_with(*prefix))
+            .map(str::len)
+            .max()
+            .unwrap_or(0);
+        let end = floor_char_boundary(stable, stable.len() - held).max(self.sent);
+        let delta = stable[self.sent..end].to_string();
+        self.sent = end;
+        Delta::More(delta)
+    }
+
+    /// Text held back at the end of a completion that stopped for another reason (it was not a
+    /// stop string after all).
+    pub fn flush(&mut self, text: &str) -> String {
+        let end = text.len();
+        let rest = text.get(self.sent..end).unwrap_or("").to_string();
+        self.sent = end;
+        rest
+    }
+}
+
+/// The largest char boundary at or below `i`.
+fn floor_char_boundary(s: &str, mut i: usize) -> usize {
+    i = i.min(s.len());
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `pieces` one after another (as growing text) and returns the deltas.
+    fn run(stop: &[&str], pieces: &[&str]) -> (Vec<Delta>, String) {
+        let stop: Vec<String> = stop.iter().map(|s| s.to_string()).collect();
+        let mut s = TextStream::new(&stop);
+        let mut text = String::new();
+        let mut out = Vec::new();
+        for p in pieces {
+            text.push_str(p);
+            let d = s.update(&text);
+            let stopped = matches!(d, Delta::Stopped(_));
+            out.push(d);
+            if stopped {
+                return (out, String::new());
+            }
+        }
+        let rest = s.flush(&text);
+        (out, rest)
+    }
+
+    fn joined(deltas: &[Delta]) -> String {
+        deltas
+            .iter()
+            .map(|d| match d {
+                Delta::More(t) | Delta::Stopped(t) => t.as_str(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn without_stop_strings_everything_is_sent_at_once() {
+        let (d, rest) = run(&[], &["fn ", "main", "()"]);
+        assert_eq!(d[1], Delta::More("main".into()));
+        assert_eq!(joined(&d) + &rest, "fn main()");
+    }
+
+    #[test]
+    fn a_stop_string_across_tokens_is_never_sent() {
+        let (d, _) = run(&["\n}\n"], &["x + 1", "\n", "}", "\n", "more"]);
+        assert_eq!(d.last().unwrap(), &Delta::Stopped(String::new()));
+        assert_eq!(joined(&d), "x + 1");
+        // Partial matches are held, then released when they turn out not to stop.
+        let (d, rest) = run(&["\n}\n"], &["a", "\n", "}", "b"]);
+        assert_eq!(d[1], Delta::More(String::new()));
+        assert_eq!(joined(&d) + &rest, "a\n}b");
+    }
+
+    #[test]
+    fn the_earliest_of_several_stop_strings_wins() {
+        let (d, _) = run(&["END", "fn"], &["let x = 1; fn f() END"]);
+        assert_eq!(d, vec![Delta::Stopped("let x = 1; ".into())]);
+    }
+
+    #[test]
+    fn partial_characters_wait_for_their_bytes() {
+        let mut s = TextStream::new(&[]);
+        assert_eq!(s.update("caf\u{FFFD}"), Delta::More("caf".into()));
+        assert_eq!(s.update("café"), Delta::More("é".into()));
+        let mut s = TextStream::new(&["é!".to_string()]);
+        assert_eq!(s.update("aé"), Delta::More("a".into()));
+        assert_eq!(s.update("aé!"), Delta::Stopped(String::new()));
+    }
+}
