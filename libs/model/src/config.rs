@@ -323,10 +323,14 @@ impl ModelConfig {
             .ternary_weights()
             .iter()
             .map(|(_, rows, cols)| {
-                let padded_rows = rows.div_ceil(PLANAR_ROW_TILE) * PLANAR_ROW_TILE;
-                let stride = (groups_for(*cols) * GROUP_SIZE / 4).div_ceil(PLANAR_ROW_ALIGN)
+                let tiles = rows.div_ceil(PLANAR_ROW_TILE);
+                let code_stride = (groups_for(*cols) * GROUP_SIZE / 4).div_ceil(PLANAR_ROW_ALIGN)
                     * PLANAR_ROW_ALIGN;
-                (padded_rows * stride + 4 * padded_rows * groups_for(*cols)) as u64
+                // Scales: per tile of 8 rows, 8 per group, padded to whole 128-byte lines.
+                let tile_floats = (PLANAR_ROW_TILE * groups_for(*cols))
+                    .div_ceil(PLANAR_ROW_ALIGN / 4)
+                    * (PLANAR_ROW_ALIGN / 4);
+                (tiles * PLANAR_ROW_TILE * code_stride + 4 * tiles * tile_floats) as u64
             })
             .sum();
         let dense: u64 = self.f32_tensors().iter().map(|(_, n)| 4 * *n as u64).sum();

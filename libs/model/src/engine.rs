@@ -230,7 +230,9 @@ impl Engine {
             return Err(SubmitError::BadToken(bad));
         }
         if request.max_tokens == 0 {
-            return Err(SubmitError::BadSampling("max_tokens must be at least 1".into()));
+            return Err(SubmitError::BadSampling(
+                "max_tokens must be at least 1".into(),
+            ));
         }
         Sampler::validate(&request.sampling).map_err(SubmitError::BadSampling)?;
         let (events, receiver) = mpsc::channel();
@@ -381,7 +383,9 @@ impl Scheduler {
                     SeqInput {
                         cache: &mut seq.cache,
                         tokens: std::slice::from_ref(
-                            seq.generated.last().expect("decoding follows a sampled token"),
+                            seq.generated
+                                .last()
+                                .expect("decoding follows a sampled token"),
                         ),
                         logits: Logits::Last,
                     }
@@ -404,7 +408,12 @@ impl Scheduler {
                     [seq.request.prompt.as_slice(), seq.generated.as_slice()].concat();
                 seq.sampler.sample(&mut row, &history)
             };
-            advance(seq, token, &self.tokenizer, self.model.config.context_length)
+            advance(
+                seq,
+                token,
+                &self.tokenizer,
+                self.model.config.context_length,
+            )
         });
     }
 }
@@ -442,8 +451,9 @@ fn advance(seq: &mut Sequence, token: u32, tokenizer: &Tokenizer, context: usize
             if !delta.is_empty() && seq.events.send(GenerationEvent::Text(delta)).is_err() {
                 return false; // the client went away: free the slot
             }
-            // The next forward pass feeds `token` at position cache.len().
-            if seq.generated.len() >= seq.request.max_tokens || seq.cache.len() >= context {
+            // Prompt and completion together never exceed the context.
+            let total = seq.request.prompt.len() + seq.generated.len();
+            if seq.generated.len() >= seq.request.max_tokens || total >= context {
                 let tail = seq.text.flush(&text);
                 return finish(seq, FinishReason::Length, tail);
             }

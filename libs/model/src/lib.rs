@@ -23,6 +23,6 @@ pub use engine::{
     GenerationRequest, SamplingParams, SubmitError,
 };
 pub use kv::KvCache;
-pub use model::{Logits, Model, SeqInput};
 pub use load::{load_engine, LoadError};
+pub use model::{Logits, Model, SeqInput};
 pub use tokenizer::{ChatMessage, Tokenizer, TokenizerError};

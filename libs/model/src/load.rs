@@ -42,7 +42,10 @@ pub fn default_mhc_path(gguf: &Path) -> PathBuf {
 impl Model {
     /// Loads `gguf` and, for a model with 2 or 4 residual streams, `mhc` (default: beside the GGUF,
     /// see [`default_mhc_path`]); also returns the embedded tokenizer.
-    pub fn load(gguf_path: &Path, mhc_path: Option<&Path>) -> Result<(Model, Tokenizer), LoadError> {
+    pub fn load(
+        gguf_path: &Path,
+        mhc_path: Option<&Path>,
+    ) -> Result<(Model, Tokenizer), LoadError> {
         let invalid = |message: String| LoadError::Invalid {
             path: gguf_path.to_path_buf(),
             message,
@@ -125,7 +128,11 @@ impl TensorReader<'_> {
             blocks.push(Block {
                 attn_norm: self.vector(&name("attn_norm"), c)?,
                 qkv: self.ternary_stack(
-                    &[(name("attn_q"), c), (name("attn_k"), kv), (name("attn_v"), kv)],
+                    &[
+                        (name("attn_q"), c),
+                        (name("attn_k"), kv),
+                        (name("attn_v"), kv),
+                    ],
                     c,
                 )?,
                 attn_output: self.ternary_stack(&[(name("attn_output"), c)], c)?,
@@ -202,7 +209,11 @@ impl TensorReader<'_> {
 
     /// Ternary weights `(name, rows)` of `cols` columns each, stacked row-wise into one planar
     /// matrix.
-    fn ternary_stack(&self, parts: &[(String, usize)], cols: usize) -> Result<PlanarWeights, String> {
+    fn ternary_stack(
+        &self,
+        parts: &[(String, usize)],
+        cols: usize,
+    ) -> Result<PlanarWeights, String> {
         let mut codes = Vec::new();
         let mut scales = Vec::new();
         let mut rows = 0;

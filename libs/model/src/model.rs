@@ -173,7 +173,10 @@ impl Model {
             .zip(batch.iter().flat_map(|b| b.tokens.iter()))
         {
             let token = *token as usize;
-            assert!(token < cfg.vocab_size, "token {token} outside the vocabulary");
+            assert!(
+                token < cfg.vocab_size,
+                "token {token} outside the vocabulary"
+            );
             self.embedding.row_into(token, c, row);
         }
         let mut s = Scratch {

@@ -97,9 +97,11 @@ impl Sampler {
         if self.candidates.is_empty() {
             return 0;
         }
-        let by_value_desc = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        let by_value_desc =
+            |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
         if p.top_k > 0 && p.top_k < self.candidates.len() {
-            self.candidates.select_nth_unstable_by(p.top_k - 1, by_value_desc);
+            self.candidates
+                .select_nth_unstable_by(p.top_k - 1, by_value_desc);
             self.candidates.truncate(p.top_k);
         }
         // Softmax over the candidates.
@@ -189,7 +191,10 @@ mod tests {
         let c = counts(params(1.0, 0, 1.0, 7), &logits, 20_000);
         for (i, &n) in c.iter().enumerate() {
             let expected = 20_000.0 * (i + 1) as f64 / 10.0;
-            assert!((n as f64 - expected).abs() < 0.05 * expected + 60.0, "{c:?}");
+            assert!(
+                (n as f64 - expected).abs() < 0.05 * expected + 60.0,
+                "{c:?}"
+            );
         }
     }
 
