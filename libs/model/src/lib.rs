@@ -6,6 +6,7 @@
 //!
 //! No printing, no exiting: the tools (serve, eval-compile, maxrl) decide that.
 
+pub mod bench;
 pub mod config;
 pub mod engine;
 pub mod kv;

@@ -194,15 +194,30 @@ impl Model {
             None => s.streams.copy_from_slice(&x),
         }
 
+        // RoPE angles depend on the position only: one (cos, sin) table for all layers and heads.
+        let half = cfg.head_dim() / 2;
+        let mut rotations = Vec::with_capacity(rows * half);
+        for &pos in &pos_of {
+            rotations.extend((0..half).map(|i| {
+                let freq = cfg.rope_theta.powf(-2.0 * i as f32 / cfg.head_dim() as f32);
+                let (sin, cos) = (pos as f32 * freq).sin_cos();
+                (cos, sin)
+            }));
+        }
+
         for (l, block) in self.blocks.iter().enumerate() {
             // Attention.
             self.sublayer_input(2 * l, &mut s);
             rmsnorm_rows(&s.u, &block.attn_norm, cfg.norm_eps, &mut s.h);
             self.bitlinear(&block.qkv, &s.h, c, &mut s.qkv);
-            for (row, &pos) in s.qkv.chunks_exact_mut(c + 2 * kv).zip(&pos_of) {
+            for (row, rot) in s
+                .qkv
+                .chunks_exact_mut(c + 2 * kv)
+                .zip(rotations.chunks_exact(half))
+            {
                 let (q, rest) = row.split_at_mut(c);
-                rope(q, cfg.head_dim(), pos, cfg.rope_theta);
-                rope(&mut rest[..kv], cfg.head_dim(), pos, cfg.rope_theta);
+                rope(q, rot);
+                rope(&mut rest[..kv], rot);
             }
             let mut row = 0;
             for input in batch.iter_mut() {
@@ -390,14 +405,13 @@ fn rmsnorm_rows(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
-/// Rotary position embedding of every head of `x` (heads of `head_dim` channels) at `pos`.
-fn rope(x: &mut [f32], head_dim: usize, pos: usize, theta: f32) {
-    let half = head_dim / 2;
-    for head in x.chunks_exact_mut(head_dim) {
+/// Rotary position embedding of every head of `x` (heads of `2 · rotations.len()` channels), with
+/// the `(cos θ_i, sin θ_i)` of the row's position.
+fn rope(x: &mut [f32], rotations: &[(f32, f32)]) {
+    let half = rotations.len();
+    for head in x.chunks_exact_mut(2 * half) {
         let (lo, hi) = head.split_at_mut(half);
-        for (i, (a, b)) in lo.iter_mut().zip(hi.iter_mut()).enumerate() {
-            let freq = theta.powf(-2.0 * i as f32 / head_dim as f32);
-            let (sin, cos) = (pos as f32 * freq).sin_cos();
+        for ((a, b), &(cos, sin)) in lo.iter_mut().zip(hi.iter_mut()).zip(rotations) {
             let (x0, x1) = (*a, *b);
             *a = x0 * cos - x1 * sin;
             *b = x0 * sin + x1 * cos;
@@ -440,9 +454,15 @@ mod tests {
     fn rope_keeps_norms_and_is_identity_at_position_zero() {
         let x: Vec<f32> = (0..16).map(|i| i as f32 - 7.5).collect();
         let mut y = x.clone();
-        rope(&mut y, 8, 0, 10_000.0);
+        rope(&mut y, &[(1.0, 0.0); 4]);
         assert_eq!(x, y);
-        rope(&mut y, 8, 37, 10_000.0);
+        let angles: Vec<(f32, f32)> = (0..4)
+            .map(|i| {
+                let (sin, cos) = (37.0 * 10_000f32.powf(-2.0 * i as f32 / 8.0)).sin_cos();
+                (cos, sin)
+            })
+            .collect();
+        rope(&mut y, &angles);
         for (hx, hy) in x.chunks(8).zip(y.chunks(8)) {
             let n = |v: &[f32]| v.iter().map(|a| a * a).sum::<f32>();
             assert!((n(hx) - n(hy)).abs() < 1e-3);
