@@ -360,27 +360,15 @@ impl Model {
             let q_row = &qkv[r * (c + 2 * kv)..r * (c + 2 * kv) + c];
             let mut weights = vec![0.0f32; len];
             for (head, out_head) in out_row.chunks_exact_mut(d).enumerate() {
-                let q = &q_row[head * d..(head + 1) * d];
-                let kv_off = (head / group) * d;
-                let mut max = f32::NEG_INFINITY;
-                for (t, w) in weights.iter_mut().enumerate() {
-                    *w = dot(q, &keys[t * kv + kv_off..t * kv + kv_off + d]) * scale;
-                    max = max.max(*w);
-                }
-                let mut sum = 0.0f32;
-                for w in weights.iter_mut() {
-                    *w = (*w - max).exp();
-                    sum += *w;
-                }
-                let inv = 1.0 / sum;
-                out_head.fill(0.0);
-                for (t, &w) in weights.iter().enumerate() {
-                    let p = w * inv;
-                    let v = &values[t * kv + kv_off..t * kv + kv_off + d];
-                    for (o, &vv) in out_head.iter_mut().zip(v) {
-                        *o += p * vv;
-                    }
-                }
+                let head = HeadView {
+                    q: &q_row[head * d..(head + 1) * d],
+                    keys,
+                    values,
+                    stride: kv,
+                    offset: (head / group) * d,
+                    scale,
+                };
+                attend(&head, &mut weights, out_head);
             }
         };
         // Parallel across rows once there is enough work to pay for the split.
@@ -389,6 +377,61 @@ impl Model {
             out.par_chunks_exact_mut(c).enumerate().for_each(work);
         } else {
             out.chunks_exact_mut(c).enumerate().for_each(work);
+        }
+    }
+}
+
+/// One query head against its key/value head: key t of the head is
+/// `keys[t·stride + offset ..][..d]`, likewise the values.
+struct HeadView<'a> {
+    q: &'a [f32],
+    keys: &'a [f32],
+    values: &'a [f32],
+    stride: usize,
+    offset: usize,
+    scale: f32,
+}
+
+/// `out = softmax(q·kᵀ · scale) · v` over every position of the head (`weights.len()` of them).
+fn attend(head: &HeadView<'_>, weights: &mut [f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above); the function is safe code compiled
+        // with AVX2 enabled.
+        return unsafe { attend_avx2(head, weights, out) };
+    }
+    attend_portable(head, weights, out)
+}
+
+/// [`attend_portable`] compiled for AVX2 (8-wide vectors for the dot products and the weighted
+/// sum; the same operations in the same order, so the same results as without).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn attend_avx2(head: &HeadView<'_>, weights: &mut [f32], out: &mut [f32]) {
+    attend_portable(head, weights, out)
+}
+
+#[inline(always)]
+fn attend_portable(head: &HeadView<'_>, weights: &mut [f32], out: &mut [f32]) {
+    let d = out.len();
+    let mut max = f32::NEG_INFINITY;
+    for (t, w) in weights.iter_mut().enumerate() {
+        let k = &head.keys[t * head.stride + head.offset..][..d];
+        *w = dot(head.q, k) * head.scale;
+        max = max.max(*w);
+    }
+    let mut sum = 0.0f32;
+    for w in weights.iter_mut() {
+        *w = (*w - max).exp();
+        sum += *w;
+    }
+    let inv = 1.0 / sum;
+    out.fill(0.0);
+    for (t, &w) in weights.iter().enumerate() {
+        let p = w * inv;
+        let v = &head.values[t * head.stride + head.offset..][..d];
+        for (o, &vv) in out.iter_mut().zip(v) {
+            *o += p * vv;
         }
     }
 }
@@ -423,6 +466,7 @@ fn silu(g: f32) -> f32 {
     g / (1.0 + (-g).exp())
 }
 
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     // Eight independent accumulators: lets the compiler vectorize without reassociating.
     let mut acc = [0.0f32; 8];
