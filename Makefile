@@ -41,3 +41,14 @@ bench-quick: build
 
 clean:
 	$(CARGO) clean
+
+# The default training corpus, no download: the Rust sources of the project's own locked
+# dependencies (cargo vendor reads the local registry cache), in git-ignored data/vendor/.
+# Redone when Cargo.lock changes. `make corpus` then `find data/vendor -name '*.rs'` is the corpus.
+.PHONY: corpus
+corpus: data/vendor/.stamp
+
+data/vendor/.stamp: Cargo.lock
+	rm -rf data/vendor
+	$(CARGO) vendor --locked --versioned-dirs data/vendor >/dev/null
+	touch $@
