@@ -185,15 +185,15 @@ struct Cli {
 
     /// Requests decoded together; more wait in the engine's queue.
     ///
-    /// Example: --max-batch 16
-    #[arg(long, value_name = "N", default_value_t = 8, help_heading = "Engine")]
+    /// Example: --max-batch 4
+    #[arg(long, value_name = "N", default_value_t = EngineOptions::default().max_batch, help_heading = "Engine")]
     max_batch: usize,
 
     /// Prompt tokens prefilled per step and request (long prompts take several steps, so running
     /// streams keep flowing).
     ///
-    /// Example: --prefill-chunk 256
-    #[arg(long, value_name = "N", default_value_t = 128, help_heading = "Engine")]
+    /// Example: --prefill-chunk 512
+    #[arg(long, value_name = "N", default_value_t = EngineOptions::default().prefill_chunk, help_heading = "Engine")]
     prefill_chunk: usize,
 
     /// Address to listen on (0.0.0.0: every interface).

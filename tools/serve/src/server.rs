@@ -39,9 +39,10 @@ use model::GenerationEvent;
 /// The chat page served at `/`.
 const CHAT_PAGE: &str = include_str!("../static/chat.html");
 
-/// A request declaring a body larger than this is dropped without an answer: tiny_http 0.12 drains
-/// an unread body into one buffer of the declared size when the request is dropped, so answering
-/// would let a client make the server allocate what it claims (tiny-http PR #290).
+/// A request declaring a body larger than this (and than the body cap) is dropped without an
+/// answer and its connection leaked: tiny_http 0.12 drains an unread body into one buffer of the
+/// declared size when the request is dropped, answered or not, so a client could make the server
+/// allocate what it claims and abort (tiny-http PR #290). Bodies between the cap and this get 413.
 const DRAIN_LIMIT: usize = 64 << 20;
 
 /// Server settings (validated by the caller).
@@ -203,17 +204,18 @@ fn serve(mut request: Request, ctx: &Context) {
         .to_string();
     let cap = ctx.config.max_body_bytes;
     let declared = request.body_length().unwrap_or(0);
-    let reply = if declared > DRAIN_LIMIT {
+    if declared > cap.max(DRAIN_LIMIT) {
         eprintln!(
             "serve: {method} {} declares a {declared}-byte body: dropped unanswered",
             path.escape_debug()
         );
         std::mem::forget(request);
         return;
-    } else if declared > cap {
+    }
+    let mut body = Vec::new();
+    let reply = if declared > cap {
         too_large(cap)
     } else {
-        let mut body = Vec::new();
         match request
             .as_reader()
             .take(cap as u64 + 1)
