@@ -368,7 +368,10 @@ fn settings(cli: Cli) -> Result<Settings, String> {
             Mode::Serve {
                 addr: format!("{host}:{}", cli.port),
                 config: server::Config {
-                    workers: at_least_one("workers", cli.workers.unwrap_or(cli.max_batch + 4))?,
+                    workers: at_least_one(
+                        "workers",
+                        cli.workers.unwrap_or(cli.max_batch.saturating_add(4)),
+                    )?,
                     max_body_bytes: at_least_one("max-body-bytes", cli.max_body_bytes)?,
                     max_tokens_cap: at_least_one("max-tokens-cap", cli.max_tokens_cap)?,
                     request_timeout: timeout,

@@ -183,7 +183,7 @@ struct Streaming {
     events: Receiver<GenerationEvent>,
     prompt_tokens: usize,
     include_usage: bool,
-    deadline: Instant,
+    deadline: Option<Instant>,
 }
 
 impl From<ApiError> for Reply {
@@ -218,7 +218,7 @@ fn serve(mut request: Request, ctx: &Context) {
     } else {
         match request
             .as_reader()
-            .take(cap as u64 + 1)
+            .take((cap as u64).saturating_add(1))
             .read_to_end(&mut body)
         {
             Ok(_) if body.len() > cap => too_large(cap),
@@ -227,7 +227,8 @@ fn serve(mut request: Request, ctx: &Context) {
                 &method,
                 &path,
                 &body,
-                arrived + ctx.config.request_timeout,
+                // None: a timeout too large to add to the clock is none.
+                arrived.checked_add(ctx.config.request_timeout),
             ),
             Err(_) => return, // the client went away while sending
         }
@@ -287,7 +288,13 @@ fn allowed_methods(path: &str) -> Option<&'static str> {
 
 /// The handler: a pure function of the request (the generation routes block until the engine
 /// answers, or start the request and hand its events back to be streamed).
-fn route(ctx: &Context, method: &Method, path: &str, body: &[u8], deadline: Instant) -> Reply {
+fn route(
+    ctx: &Context,
+    method: &Method,
+    path: &str,
+    body: &[u8],
+    deadline: Option<Instant>,
+) -> Reply {
     let get = matches!(method, Method::Get | Method::Head);
     match (path, get, *method == Method::Post) {
         ("/", true, _) => Reply::Page,
@@ -334,7 +341,7 @@ fn models(ctx: &Context) -> Reply {
     )
 }
 
-fn generate(ctx: &Context, endpoint: Endpoint, body: &[u8], deadline: Instant) -> Reply {
+fn generate(ctx: &Context, endpoint: Endpoint, body: &[u8], deadline: Option<Instant>) -> Reply {
     let backend = &*ctx.backend;
     let job = match api::parse_job(
         endpoint,
@@ -366,7 +373,7 @@ fn generate(ctx: &Context, endpoint: Endpoint, body: &[u8], deadline: Instant) -
             deadline,
         });
     }
-    match backend::follow(backend, prompt_tokens, events, Some(deadline), |_| Ok(())) {
+    match backend::follow(backend, prompt_tokens, events, deadline, |_| Ok(())) {
         Ok(outcome) => Reply::Json(200, api::completion_json(&meta, &outcome)),
         Err(e) => engine_failure(ctx, e).into(),
     }
@@ -447,7 +454,7 @@ fn stream(request: Request, ctx: &Context, s: Streaming) -> io::Result<()> {
         &*ctx.backend,
         s.prompt_tokens,
         s.events,
-        Some(s.deadline),
+        s.deadline,
         |delta| match delta {
             Some(text) => sse.data(&api::chunk_json(meta, Chunk::Text(text), usage)),
             None => sse.send(": keep-alive\n\n"),
