@@ -169,8 +169,9 @@ def run(options):
         url = options.url.rstrip("/")
     echo = options.serve is not None and not options.serve_args
     echo_tokens = options.max_tokens if echo else None
-    browser = Browser(options.chromium)
+    browser = None
     try:
+        browser = Browser(options.chromium)
         first, second = options.message, options.second_message
         query = urllib.parse.urlencode({"autosend": first, "max_tokens": options.max_tokens})
         browser.navigate(f"{url}/?{query}")
@@ -182,7 +183,8 @@ def run(options):
         if json.loads(roles) != ["user", "assistant", "user", "assistant"]:
             raise Failed(f"the page keeps the conversation as {roles}")
     finally:
-        browser.close()
+        if browser:
+            browser.close()
         if server:
             server.send_signal(signal.SIGTERM)
             rest = server.stderr.read()
