@@ -84,14 +84,15 @@ class Browser:
         message = {"id": self.next_id, "method": method, "params": params or {}}
         if session:
             message["sessionId"] = session
-        os.write(self.to_browser, json.dumps(message).encode() + b"\0")
+        try:
+            os.write(self.to_browser, json.dumps(message).encode() + b"\0")
+        except BrokenPipeError:
+            self.gone()
         while True:
             while b"\0" not in self.buffer:
                 data = os.read(self.from_browser, 1 << 16)
                 if not data:
-                    self.log.seek(0)
-                    tail = "".join(self.log.readlines()[-10:])
-                    raise Failed(f"Chromium closed the DevTools pipe; its log ends:\n{tail}")
+                    self.gone()
                 self.buffer += data
             raw, self.buffer = self.buffer.split(b"\0", 1)
             reply = json.loads(raw)
@@ -99,6 +100,11 @@ class Browser:
                 if "error" in reply:
                     raise Failed(f"{method}: {reply['error']}")
                 return reply["result"]
+
+    def gone(self):
+        self.log.seek(0)
+        tail = "".join(self.log.readlines()[-10:])
+        raise Failed(f"Chromium closed the DevTools pipe; its log ends:\n{tail}")
 
     def evaluate(self, expression):
         result = self.call("Runtime.evaluate",
