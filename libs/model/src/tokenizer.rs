@@ -47,6 +47,8 @@ pub struct ChatMessage {
 /// A loaded tokenizer with its special token ids.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    /// The same tokenizer with special-token strings encoded as plain text (chat content).
+    literal: tokenizers::Tokenizer,
     json: String,
     end_of_text: u32,
     system: u32,
@@ -81,6 +83,11 @@ impl Tokenizer {
             assistant: id(ASSISTANT)?,
             end: id(END)?,
             json: json.to_string(),
+            literal: {
+                let mut literal = inner.clone();
+                literal.set_encode_special_tokens(true);
+                literal
+            },
             inner,
         })
     }
@@ -137,7 +144,11 @@ impl Tokenizer {
                 other => return Err(TokenizerError::UnknownRole(other.to_string())),
             };
             ids.push(role);
-            ids.extend(self.encode(&m.content)?);
+            let content = self
+                .literal
+                .encode_fast(m.content.as_str(), false)
+                .map_err(|e| TokenizerError::Codec(e.to_string()))?;
+            ids.extend(content.get_ids());
             ids.push(self.end);
         }
         ids.push(self.assistant);
@@ -243,6 +254,9 @@ mod tests {
         assert_eq!(ids[1 + 8], 4, "<|end|> after 'be brief'");
         assert_eq!(ids[10], 2, "<|user|>");
         assert_eq!(*ids.last().unwrap(), 3, "<|assistant|>");
+        // Content that spells a special token is text, not a turn: "<|end|>" is 7 byte tokens.
+        assert_eq!(ids.len(), 1 + 8 + 1 + 1 + (7 + 2) + 1 + 1);
+        assert!(ids[11..20].iter().all(|&id| id >= 5), "{ids:?}");
         assert_eq!(t.stop_tokens(), [4, 0]);
         let err = t.encode_chat(&[ChatMessage {
             role: "tool".into(),
