@@ -7,7 +7,9 @@
 //! - [`api`]: OpenAI request parsing and validation, response and stream-chunk JSON, error JSON.
 //! - [`server`]: tiny_http server, worker pool, routes, server-sent events, limits, shutdown; it
 //!   serves the chat page `static/chat.html` at `/`.
+//! - [`bench`]: `serve --bench`, the end-to-end speed and memory measurements.
 
 pub mod api;
 pub mod backend;
+pub mod bench;
 pub mod server;

@@ -22,6 +22,7 @@ use clap::Parser;
 use model::{ChatMessage, EngineOptions, GenerationRequest, SamplingParams};
 use serve::api;
 use serve::backend::{self, Backend, EchoBackend, FollowError};
+use serve::bench::{self, BenchOptions};
 use serve::server::{self, Server};
 
 /// Context length of the echo backend.
@@ -65,7 +66,11 @@ struct Cli {
     /// The model: a GGUF file written by quantize-export.
     ///
     /// Example: --model runs/tiny/model.gguf
-    #[arg(long, value_name = "FILE", required_unless_present = "echo_backend")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present_any = ["echo_backend", "bench"]
+    )]
     model: Option<PathBuf>,
 
     /// The model's .mhc file (default: the .mhc beside the GGUF, when the model has mHC streams).
@@ -81,6 +86,71 @@ struct Cli {
     /// Example: serve --echo-backend --port 0
     #[arg(long, conflicts_with_all = ["model", "mhc"])]
     echo_backend: bool,
+
+    /// Measure instead of serving: prefill and decode tokens/s on 1 and --threads threads,
+    /// sequences decoded together, concurrent streams through the scheduler, the kernel's
+    /// single-thread GEMV GOPS in the same process, end-to-end efficiency, resident memory.
+    /// Without --model, a random-weight model of --bench-preset is written to a temporary folder.
+    ///
+    /// Example: serve --bench --threads 2 --json
+    #[arg(long, conflicts_with_all = ["echo_backend", "prompt"], help_heading = "Benchmark")]
+    bench: bool,
+
+    /// Preset of the random-weight model --bench builds when no --model is given.
+    ///
+    /// Example: --bench-preset tiny
+    #[arg(
+        long,
+        value_name = "PRESET",
+        default_value = "nano-125m",
+        requires = "bench",
+        help_heading = "Benchmark"
+    )]
+    bench_preset: String,
+
+    /// Prompt length of the prefill measurement.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 256,
+        requires = "bench",
+        help_heading = "Benchmark"
+    )]
+    bench_prompt_tokens: usize,
+
+    /// Tokens decoded per decode measurement (and per stream).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 64,
+        requires = "bench",
+        help_heading = "Benchmark"
+    )]
+    bench_decode_tokens: usize,
+
+    /// Concurrent streams of the batched measurements.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 8,
+        requires = "bench",
+        help_heading = "Benchmark"
+    )]
+    bench_streams: usize,
+
+    /// Repeats of the prefill and kernel measurements (medians are reported).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 5,
+        requires = "bench",
+        help_heading = "Benchmark"
+    )]
+    bench_repeats: usize,
+
+    /// Print the benchmark report as JSON on stdout.
+    #[arg(long, requires = "bench", help_heading = "Benchmark")]
+    json: bool,
 
     /// Complete TEXT (`-`: read it from stdin), print the completion and a newline on stdout, and
     /// exit instead of serving; a summary line goes to stderr.
@@ -277,6 +347,10 @@ enum Mode {
         addr: String,
         config: server::Config,
     },
+    Bench {
+        options: BenchOptions,
+        json: bool,
+    },
 }
 
 /// Validated flags.
@@ -312,8 +386,11 @@ fn settings(cli: Cli) -> Result<Settings, String> {
             Ok(value)
         }
     };
-    let source = match cli.model {
-        Some(gguf) => Source::Model { gguf, mhc: cli.mhc },
+    let source = match cli.model.clone() {
+        Some(gguf) => Source::Model {
+            gguf,
+            mhc: cli.mhc.clone(),
+        },
         None => Source::Echo,
     };
     let engine = EngineOptions {
@@ -324,6 +401,27 @@ fn settings(cli: Cli) -> Result<Settings, String> {
         .threads
         .map(|n| at_least_one("threads", n))
         .transpose()?;
+    if cli.bench {
+        let options = BenchOptions {
+            model: cli.model,
+            mhc: cli.mhc,
+            preset: cli.bench_preset,
+            prompt_tokens: at_least_one("bench-prompt-tokens", cli.bench_prompt_tokens)?,
+            decode_tokens: at_least_one("bench-decode-tokens", cli.bench_decode_tokens)?,
+            streams: at_least_one("bench-streams", cli.bench_streams)?,
+            threads: threads.unwrap_or_else(|| rayon::current_num_threads()),
+            repeats: at_least_one("bench-repeats", cli.bench_repeats)?,
+        };
+        return Ok(Settings {
+            source: Source::Echo,
+            engine,
+            threads,
+            mode: Mode::Bench {
+                options,
+                json: cli.json,
+            },
+        });
+    }
     let mode = match cli.prompt {
         Some(prompt) => {
             let sampling = SamplingParams {
@@ -506,6 +604,13 @@ fn run(settings: Settings) -> Result<(), Failure> {
             .build_global()
             .map_err(|e| Failure::Failed(format!("cannot start {n} compute threads: {e}")))?;
     }
+    if let Mode::Bench { options, json } = &settings.mode {
+        let report = bench::run(options).map_err(Failure::Input)?;
+        if *json {
+            writeln!(io::stdout(), "{report:#}")?;
+        }
+        return Ok(());
+    }
     let backend = open(settings.source, settings.engine)?;
     match settings.mode {
         Mode::Generate {
@@ -516,6 +621,7 @@ fn run(settings: Settings) -> Result<(), Failure> {
             stop,
         } => generate(&*backend, &prompt, chat, max_tokens, sampling, stop),
         Mode::Serve { addr, config } => serve(backend, &addr, config),
+        Mode::Bench { .. } => unreachable!("measured above"),
     }
 }
 

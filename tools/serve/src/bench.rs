@@ -1,0 +1,160 @@
+//! `serve --bench`: how fast this machine runs a model end to end, and how that compares with its
+//! kernel speed and the file size. Every figure is the median of repeated runs (shared, noisy
+//! machines); the flags choose the model (a file, or a preset with random weights written to a
+//! temporary folder) and the workload sizes.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use model::bench::{
+    decode_seconds_per_step, engine_streams, kernel_gops, prefill_seconds, resident_bytes,
+    with_threads,
+};
+use model::{Engine, EngineOptions, Model, ModelConfig};
+use serde_json::json;
+
+/// What to measure.
+pub struct BenchOptions {
+    /// A model file; `None`: random weights for `preset`.
+    pub model: Option<PathBuf>,
+    pub mhc: Option<PathBuf>,
+    pub preset: String,
+    pub prompt_tokens: usize,
+    pub decode_tokens: usize,
+    pub streams: usize,
+    pub threads: usize,
+    pub repeats: usize,
+}
+
+/// Runs every measurement, printing progress on stderr; returns the report as JSON.
+pub fn run(options: &BenchOptions) -> Result<serde_json::Value, String> {
+    let scratch = tempfile::tempdir().map_err(|e| format!("temporary folder: {e}"))?;
+    let (gguf, mhc) = match &options.model {
+        Some(path) => (path.clone(), options.mhc.clone()),
+        None => random_model(&options.preset, scratch.path())?,
+    };
+    let gguf_bytes = std::fs::metadata(&gguf)
+        .map_err(|e| format!("{}: {e}", gguf.display()))?
+        .len();
+    let rss_start = resident_bytes().unwrap_or(0);
+    let (model, tokenizer) = Model::load(&gguf, mhc.as_deref()).map_err(|e| e.to_string())?;
+    let rss_loaded = resident_bytes().unwrap_or(0);
+    let config = model.config.clone();
+    eprintln!("model: {}", config.describe());
+    let kernel = model.kernel.name();
+    eprintln!("kernel: {kernel}");
+
+    let gops = with_threads(1, || kernel_gops(model.kernel, 4096, 4096, options.repeats));
+    eprintln!("kernel GEMV 4096x4096, 1 thread: {gops:.1} GOPS");
+
+    let mut per_threads = Vec::new();
+    let mut thread_counts = vec![1];
+    if options.threads > 1 {
+        thread_counts.push(options.threads);
+    }
+    for &threads in &thread_counts {
+        let (prefill, decode, batched) = with_threads(threads, || {
+            let prefill = prefill_seconds(&model, options.prompt_tokens, options.repeats);
+            let decode = decode_seconds_per_step(&model, 1, 64, options.decode_tokens);
+            let batched =
+                decode_seconds_per_step(&model, options.streams, 64, options.decode_tokens / 2);
+            (prefill, decode, batched)
+        });
+        let row = json!({
+            "threads": threads,
+            "prefill_tokens_per_s": options.prompt_tokens as f64 / prefill,
+            "decode_tokens_per_s": 1.0 / decode,
+            "batched_decode_tokens_per_s": options.streams as f64 / batched,
+        });
+        eprintln!(
+            "{threads} thread(s): prefill {:.0} tokens/s ({} tokens), decode {:.1} tokens/s, \
+             {} sequences decoded together {:.1} tokens/s",
+            row["prefill_tokens_per_s"].as_f64().unwrap_or(0.0),
+            options.prompt_tokens,
+            row["decode_tokens_per_s"].as_f64().unwrap_or(0.0),
+            options.streams,
+            row["batched_decode_tokens_per_s"].as_f64().unwrap_or(0.0),
+        );
+        per_threads.push(row);
+    }
+
+    // Concurrent requests through the scheduler, on the global pool (`threads` threads).
+    let engine = Engine::start(
+        model,
+        tokenizer,
+        "bench".into(),
+        EngineOptions {
+            max_batch: options.streams,
+            ..EngineOptions::default()
+        },
+    );
+    let single = engine_streams(&engine, 1, 16, options.decode_tokens)?;
+    let many = engine_streams(&engine, options.streams, 16, options.decode_tokens)?;
+    let rss_end = resident_bytes().unwrap_or(0);
+    let single_rate = single.tokens as f64 / single.seconds;
+    let many_rate = many.tokens as f64 / many.seconds;
+    eprintln!(
+        "engine, {} threads: 1 stream {single_rate:.1} tokens/s; {} concurrent streams \
+         {many_rate:.1} tokens/s in aggregate ({} tokens in {:.2} s) = {:.2}x",
+        options.threads,
+        options.streams,
+        many.tokens,
+        many.seconds,
+        many_rate / single_rate
+    );
+
+    let ops_per_token = 2.0 * config.ternary_macs_per_token() as f64;
+    let decode_1 = per_threads[0]["decode_tokens_per_s"]
+        .as_f64()
+        .unwrap_or(0.0);
+    let efficiency = ops_per_token * decode_1 / (gops * 1e9);
+    let kv_bytes = config.bytes_kv_cache(64 + options.decode_tokens);
+    let weights_rss = rss_loaded.saturating_sub(rss_start);
+    eprintln!(
+        "efficiency: {:.1} M weight operations per token x {decode_1:.1} tokens/s / \
+         {gops:.1} GOPS = {:.0}%",
+        ops_per_token / 1e6,
+        100.0 * efficiency
+    );
+    eprintln!(
+        "memory: GGUF {:.1} MB; resident after loading {:.1} MB (+{:.1} MB for the model), \
+         at the end {:.1} MB; KV cache {:.1} MB per {}-token sequence",
+        gguf_bytes as f64 / 1e6,
+        rss_loaded as f64 / 1e6,
+        weights_rss as f64 / 1e6,
+        rss_end as f64 / 1e6,
+        kv_bytes as f64 / 1e6,
+        64 + options.decode_tokens
+    );
+    Ok(json!({
+        "model": config,
+        "gguf_bytes": gguf_bytes,
+        "kernel": kernel,
+        "kernel_gops_1_thread": gops,
+        "per_threads": per_threads,
+        "engine": {
+            "threads": options.threads,
+            "single_stream_tokens_per_s": single_rate,
+            "streams": options.streams,
+            "aggregate_tokens_per_s": many_rate,
+            "aggregate_over_single": many_rate / single_rate,
+        },
+        "weight_ops_per_token": ops_per_token,
+        "efficiency_1_thread": efficiency,
+        "rss_bytes": {"start": rss_start, "loaded": rss_loaded, "end": rss_end},
+        "kv_cache_bytes_per_sequence": kv_bytes,
+    }))
+}
+
+/// Writes a random-weight model of `preset` into `dir`.
+fn random_model(preset: &str, dir: &Path) -> Result<(PathBuf, Option<PathBuf>), String> {
+    let config = ModelConfig::preset(preset).map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    let paths = model::testmodel::write_random_model(dir, preset, &config, 1)
+        .map_err(|e| format!("writing a random {preset} model: {e}"))?;
+    eprintln!(
+        "wrote a random-weight {preset} model in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    Ok(paths)
+}
