@@ -409,7 +409,7 @@ fn settings(cli: Cli) -> Result<Settings, String> {
             prompt_tokens: at_least_one("bench-prompt-tokens", cli.bench_prompt_tokens)?,
             decode_tokens: at_least_one("bench-decode-tokens", cli.bench_decode_tokens)?,
             streams: at_least_one("bench-streams", cli.bench_streams)?,
-            threads: threads.unwrap_or_else(|| rayon::current_num_threads()),
+            threads: threads.unwrap_or_else(rayon::current_num_threads),
             repeats: at_least_one("bench-repeats", cli.bench_repeats)?,
         };
         return Ok(Settings {
