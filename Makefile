@@ -5,7 +5,7 @@
 CARGO ?= cargo
 BIN := target/release
 
-.PHONY: all build test lint fmt verify bench bench-quick clean
+.PHONY: all build test lint fmt verify bench bench-quick bench-serve serve e2e-chat clean
 
 all: build verify
 
@@ -38,6 +38,21 @@ bench: build
 
 bench-quick: build
 	$(BIN)/gemv-bench --shape 4096x4096 --batch 1 --repeats 5
+
+# End-to-end inference speed: nano-125m with random weights (prefill, decode on 1 and 2 threads,
+# 8 concurrent streams, efficiency against the kernel, resident memory).
+bench-serve: build
+	$(BIN)/serve --bench --threads 2
+
+# Serve a model file on http://127.0.0.1:8000 (chat page at /): MODEL=path/to/model.gguf make serve
+serve: build
+	@test -n "$(MODEL)" || { echo "make serve needs MODEL=path/to/model.gguf"; exit 2; }
+	$(BIN)/serve --model $(MODEL)
+
+# The chat page in a real browser (headless Chromium: apt-get install -y chromium), against the
+# echo backend, or against a model with MODEL=path/to/model.gguf.
+e2e-chat: build
+	python3 scripts/chat_page_e2e.py --serve $(BIN)/serve $(if $(MODEL),-- --model $(MODEL))
 
 clean:
 	$(CARGO) clean
