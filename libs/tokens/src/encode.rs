@@ -135,7 +135,8 @@ struct Fast {
     caches: Vec<Mutex<WordCache>>,
 }
 
-/// A tokenizer ready to encode many documents, from many threads.
+/// A tokenizer ready to encode many documents, from many threads: each worker of the rayon pool
+/// that was current when it was built has its own pre-token cache; other threads share one.
 pub struct Encoder {
     tokenizer: tokenizers::Tokenizer,
     fast: Option<Fast>,

@@ -243,7 +243,7 @@ pub fn run(args: &EncodeArgs) -> Result<(), Failure> {
     s.seconds = start.elapsed().as_secs_f64();
     s.mb_per_s = s.bytes as f64 / 1e6 / s.seconds.max(1e-9);
     eprintln!(
-        "tokenize encode: {} files ({} train, {} val), {} skipped, {} excluded, {} -> {} tokens ({} train, {} val), {:.2} bytes/token, {:.1} s, {:.1} MB/s on {} threads",
+        "tokenize encode: {} files ({} train, {} val), {} skipped, {} excluded, {} -> {} tokens ({} train, {} val), {:.2} bytes/token, {:.1} s, {:.1} MB/s, threads: {}",
         s.files,
         s.train_files,
         s.val_files,
