@@ -346,37 +346,28 @@ fn a_client_that_disconnects_mid_stream_frees_its_slot() {
 fn cli_mode_prints_one_completion() {
     let dir = tempfile::tempdir().unwrap();
     let (gguf, _) = model_files(dir.path());
-    let out = Command::new(assert_cmd::cargo::cargo_bin("serve"))
-        .arg("--model")
-        .arg(&gguf)
-        .args([
-            "--prompt",
-            "fn main() {",
-            "--max-tokens",
-            "8",
-            "--temperature",
-            "0",
-        ])
-        .output()
-        .unwrap();
+    let complete = || {
+        Command::new(assert_cmd::cargo::cargo_bin("serve"))
+            .arg("--model")
+            .arg(&gguf)
+            .args([
+                "--prompt",
+                "fn main() {",
+                "--max-tokens",
+                "8",
+                "--temperature",
+                "0",
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = complete();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let again = Command::new(assert_cmd::cargo::cargo_bin("serve"))
-        .arg("--model")
-        .arg(&gguf)
-        .args([
-            "--prompt",
-            "fn main() {",
-            "--max-tokens",
-            "8",
-            "--temperature",
-            "0",
-        ])
-        .output()
-        .unwrap();
+    let again = complete();
     assert_eq!(out.stdout, again.stdout, "greedy is deterministic");
 
     let missing = Command::new(assert_cmd::cargo::cargo_bin("serve"))
