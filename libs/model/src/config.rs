@@ -234,44 +234,38 @@ impl ModelConfig {
 
     /// Parameters of the model (ternary weights, embedding, norms, routers and mHC parameters).
     pub fn parameter_count(&self) -> u64 {
-        let ternary: u64 = self
-            .ternary_weights()
-            .iter()
-            .map(|(_, r, c)| (r * c) as u64)
-            .sum();
         let dense: u64 = self.f32_tensors().iter().map(|(_, n)| *n as u64).sum();
-        ternary + dense + self.embedding_len() as u64 + self.mhc_parameter_count()
+        self.ternary_weight_count()
+            + dense
+            + self.embedding_len() as u64
+            + self.mhc_parameter_count()
     }
 
     /// Parameters a token passes through (MoE: only its routed experts, and the router).
     pub fn active_parameter_count(&self) -> u64 {
-        match self.moe {
-            None => self.parameter_count(),
-            Some(moe) => {
-                let per_expert = 3 * (self.dim * self.ffn_dim) as u64;
-                let idle = (moe.n_experts - moe.experts_per_token) as u64 * per_expert;
-                self.parameter_count() - self.n_layers as u64 * idle
-            }
-        }
+        self.parameter_count() - self.idle_expert_weights()
     }
 
     /// Weights a decoded token multiplies through ternary GEMVs (the "weight operations" of the
     /// efficiency figure are twice this: one multiply and one add each).
     pub fn ternary_macs_per_token(&self) -> u64 {
-        let all: u64 = self
-            .ternary_weights()
+        self.ternary_weight_count() - self.idle_expert_weights()
+    }
+
+    /// Weights of every ternary matrix.
+    fn ternary_weight_count(&self) -> u64 {
+        self.ternary_weights()
             .iter()
             .map(|(_, r, c)| (r * c) as u64)
-            .sum();
-        match self.moe {
-            None => all,
-            Some(moe) => {
-                let per_expert = 3 * (self.dim * self.ffn_dim) as u64;
-                all - self.n_layers as u64
-                    * (moe.n_experts - moe.experts_per_token) as u64
-                    * per_expert
-            }
-        }
+            .sum()
+    }
+
+    /// Weights of the experts a token is not routed to, over all layers (0 for dense models).
+    fn idle_expert_weights(&self) -> u64 {
+        self.moe.map_or(0, |moe| {
+            let per_expert = 3 * (self.dim * self.ffn_dim) as u64;
+            self.n_layers as u64 * (moe.n_experts - moe.experts_per_token) as u64 * per_expert
+        })
     }
 
     /// Values of the token embedding table.
@@ -281,12 +275,13 @@ impl ModelConfig {
 
     /// mHC-lite parameters (0 for plain residuals): two modules per block.
     pub fn mhc_parameter_count(&self) -> u64 {
-        let per_module = match self.mhc_streams {
-            2 => mhc::Mhc2::PARAMS,
-            4 => mhc::Mhc4::PARAMS,
-            _ => 0,
-        };
-        (2 * self.n_layers * per_module) as u64
+        self.streams()
+            .map_or(0, |n| (2 * self.n_layers * n.params_per_module()) as u64)
+    }
+
+    /// The mHC stream count, or `None` for plain residuals.
+    pub fn streams(&self) -> Option<mhc::NStreams> {
+        mhc::NStreams::from_count(self.mhc_streams)
     }
 
     /// Bytes of tensor data in the GGUF file (excluding its header, metadata and alignment
@@ -303,17 +298,9 @@ impl ModelConfig {
 
     /// Bytes of the .mhc file (0 for plain residuals).
     pub fn bytes_mhc_file(&self) -> u64 {
-        match self.mhc_streams {
-            2 | 4 => {
-                (mhc::file::HEADER_BYTES + 2 * self.n_layers * self.mhc_streams_bytes_per_module())
-                    as u64
-            }
-            _ => 0,
-        }
-    }
-
-    fn mhc_streams_bytes_per_module(&self) -> usize {
-        mhc::NStreams::from_count(self.mhc_streams).map_or(0, |n| n.module_bytes())
+        self.streams().map_or(0, |n| {
+            (mhc::file::HEADER_BYTES + 2 * self.n_layers * n.module_bytes()) as u64
+        })
     }
 
     /// Bytes of the planar runtime weights (codes and scales, with row padding), the embedding as

@@ -74,10 +74,9 @@ impl Model {
             file: &file,
             expected: Default::default(),
         };
-        let model = reader.model(config).map_err(invalid)?;
+        let mut model = reader.model(config).map_err(invalid)?;
         reader.check_no_extra_tensors().map_err(invalid)?;
 
-        let mut model = model;
         if model.config.mhc_streams > 1 {
             let path = mhc_path
                 .map(Path::to_path_buf)

@@ -189,7 +189,7 @@ impl Model {
             gate_up: vec![0.0; rows * 2 * f],
             act: vec![0.0; rows * f],
         };
-        match self.n_streams() {
+        match self.config.streams() {
             Some(ns) => mhc::expand(ns, &x, c, &mut s.streams),
             None => s.streams.copy_from_slice(&x),
         }
@@ -250,7 +250,7 @@ impl Model {
             input.cache.commit(input.tokens.len());
         }
 
-        match self.n_streams() {
+        match self.config.streams() {
             Some(ns) => mhc::collapse(ns, &s.streams, c, &mut x),
             None => x.copy_from_slice(&s.streams),
         }
@@ -301,10 +301,6 @@ impl Model {
             result.push(seq);
         }
         result
-    }
-
-    fn n_streams(&self) -> Option<mhc::NStreams> {
-        mhc::NStreams::from_count(self.config.mhc_streams)
     }
 
     /// `s.u` = the input of sub-layer `module` (0, 1 for block 0's attention and FFN, ...).

@@ -109,7 +109,7 @@ pub fn write_random_model_with(
     }
     writer.finish().map_err(to_io)?;
 
-    let mhc_path = match NStreams::from_count(config.mhc_streams) {
+    let mhc_path = match config.streams() {
         None => None,
         Some(n) => {
             let path = dir.join(format!("{stem}.mhc"));
