@@ -626,26 +626,9 @@ fn run(settings: Settings) -> Result<(), Failure> {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match cli::parse("serve") {
         Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => {
-            // --help and --version: printed on stdout, success.
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            // clap's message up to its usage block, joined into one line.
-            let rendered = e.render().to_string();
-            let message: Vec<&str> = rendered
-                .lines()
-                .map(str::trim)
-                .take_while(|line| !line.is_empty())
-                .collect();
-            let message = message.join(" ");
-            let message = message.trim_start_matches("error: ");
-            eprintln!("serve: {message} (see serve --help)");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let result = settings(cli).map_err(Failure::Input).and_then(run);
     match result {

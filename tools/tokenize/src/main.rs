@@ -129,26 +129,9 @@ pub fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match cli::parse("tokenize") {
         Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => {
-            // --help and --version: printed on stdout, success.
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            // clap's message up to its usage block, joined into one line.
-            let rendered = e.render().to_string();
-            let message: Vec<&str> = rendered
-                .lines()
-                .map(str::trim)
-                .take_while(|line| !line.is_empty())
-                .collect();
-            let message = message.join(" ");
-            let message = message.trim_start_matches("error: ");
-            eprintln!("tokenize: {message} (see tokenize --help)");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let result = match &cli.command {
         Command::Train(args) => train::run(args),
