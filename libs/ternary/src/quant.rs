@@ -54,6 +54,36 @@ pub fn quantize_weight_row(row: &[f32], values: &mut [i8], scales: &mut [f32]) {
     }
 }
 
+/// The dequantized weights `q · s` of one row, group by group: the values a quantization-aware
+/// training graph multiplies with (its straight-through forward).
+pub fn fake_quantize_weight_row(row: &[f32], out: &mut [f32]) {
+    assert_eq!(out.len(), row.len(), "fake_quantize_weight_row: out length");
+    for (group, out) in row.chunks(GROUP_SIZE).zip(out.chunks_mut(GROUP_SIZE)) {
+        let scale = weight_group_scale(group);
+        for (o, &w) in out.iter_mut().zip(group) {
+            *o = quantize_weight(w, scale) as f32 * scale;
+        }
+    }
+}
+
+/// The dequantized activations `x_q · (a / 127)` of one vector (all zeros for an all-zero input).
+pub fn fake_quantize_activation_row(x: &[f32], out: &mut [f32]) {
+    assert_eq!(
+        out.len(),
+        x.len(),
+        "fake_quantize_activation_row: out length"
+    );
+    let absmax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    if absmax == 0.0 {
+        out.fill(0.0);
+        return;
+    }
+    let act_scale = absmax / ACT_MAX;
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = (v * ACT_MAX / absmax).round().clamp(-ACT_MAX, ACT_MAX) * act_scale;
+    }
+}
+
 /// Quantizes one vector into `out` (zero-padded to whole groups) and `group_sums`; returns the
 /// activation scale `a / 127`.
 fn quantize_into(x: &[f32], out: &mut [i8], group_sums: &mut [i32]) -> f32 {
@@ -236,6 +266,26 @@ mod tests {
         quantize_weight_row(&row, &mut values, &mut scales);
         assert!(values.iter().all(|&v| v == 0));
         assert!(scales.iter().all(|&s| s == WEIGHT_SCALE_EPS));
+    }
+
+    #[test]
+    fn fake_quantized_rows_are_the_integer_values_times_their_scales() {
+        let row: Vec<f32> = crate::synthetic::uniform_values(300, 11);
+        let (mut values, mut scales) = (vec![0i8; 300], vec![0.0f32; 3]);
+        quantize_weight_row(&row, &mut values, &mut scales);
+        let mut fake = vec![0.0f32; 300];
+        fake_quantize_weight_row(&row, &mut fake);
+        for (k, (&f, &v)) in fake.iter().zip(&values).enumerate() {
+            assert_eq!(f, v as f32 * scales[k / GROUP_SIZE]);
+        }
+
+        let q = quantize_activations(&row);
+        fake_quantize_activation_row(&row, &mut fake);
+        for (&f, &v) in fake.iter().zip(q.values()) {
+            assert_eq!(f, v as f32 * q.scale());
+        }
+        fake_quantize_activation_row(&[0.0; 4], &mut fake[..4]);
+        assert_eq!(&fake[..4], &[0.0; 4]);
     }
 
     #[test]

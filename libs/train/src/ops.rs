@@ -1,0 +1,161 @@
+//! The operations of the training graph, each differentiable, with the forward values of
+//! libs/model's inference forward (model.rs) and the quantizers of libs/ternary.
+//!
+//! Shapes: B = batch, H = query heads, Hkv = key/value heads, T = time, D = head dim, C = channels.
+//! Every tensor is f32 on the CPU.
+//!
+//! Straight-through estimators: [`ternary_ste`] and [`int8_act_ste`] return the fake-quantized
+//! values in the forward pass and pass the gradient through unchanged (BitNet b1.58's detach trick
+//! `x + (Q(x) − x).detach()`).
+
+use candle_core::{DType, Device, Result, Tensor, D};
+
+/// Ternary weight fake-quantization per row of the last dimension, groups of 128 along it
+/// (`q · s`, libs/ternary `fake_quantize_weight_row`); gradient passed straight through.
+pub fn ternary_ste(w: &Tensor) -> Result<Tensor> {
+    let quantized = map_rows(w, ternary::quant::fake_quantize_weight_row)?;
+    w + (quantized - w)?.detach()
+}
+
+/// Per-row (last dimension) absmax int8 fake-quantization of activations (`x_q · a/127`,
+/// libs/ternary `fake_quantize_activation_row`); gradient passed straight through.
+pub fn int8_act_ste(x: &Tensor) -> Result<Tensor> {
+    let quantized = map_rows(x, ternary::quant::fake_quantize_activation_row)?;
+    x + (quantized - x)?.detach()
+}
+
+/// Applies a row function to every row of the last dimension (no gradient).
+fn map_rows(x: &Tensor, f: fn(&[f32], &mut [f32])) -> Result<Tensor> {
+    let cols = x.dim(D::Minus1)?;
+    let data = x.flatten_all()?.to_vec1::<f32>()?;
+    let mut out = vec![0.0f32; data.len()];
+    for (row, o) in data.chunks(cols).zip(out.chunks_mut(cols)) {
+        f(row, o);
+    }
+    Tensor::from_vec(out, x.shape(), x.device())
+}
+
+/// RMSNorm over the last dimension: `y_j = x_j · (1 / sqrt(mean(x²) + eps)) · w_j`; `w` is `[C]`.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
+    let inv_rms = (x.sqr()?.mean_keepdim(D::Minus1)? + eps as f64)?
+        .sqrt()?
+        .recip()?;
+    x.broadcast_mul(&inv_rms)?.broadcast_mul(w)
+}
+
+/// SwiGLU's gate: `silu(g) · u` with `silu(g) = g / (1 + e^(−g))`.
+pub fn swiglu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
+    g.silu()? * u
+}
+
+/// The RoPE tables `(cos, sin)`, each `[T, D/2]`, of positions `0..t`:
+/// `θ_i = pos · theta^(−2i/D)` computed in f32 exactly as libs/model does.
+pub fn rope_tables(
+    t: usize,
+    head_dim: usize,
+    theta: f32,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let half = head_dim / 2;
+    let mut cos = Vec::with_capacity(t * half);
+    let mut sin = Vec::with_capacity(t * half);
+    for pos in 0..t {
+        for i in 0..half {
+            let freq = theta.powf(-2.0 * i as f32 / head_dim as f32);
+            let (s, c) = (pos as f32 * freq).sin_cos();
+            cos.push(c);
+            sin.push(s);
+        }
+    }
+    Ok((
+        Tensor::from_vec(cos, (t, half), device)?,
+        Tensor::from_vec(sin, (t, half), device)?,
+    ))
+}
+
+/// Rotate-half RoPE of `x` `[B, H, T, D]` with tables `[T, D/2]`:
+/// `(x_i, x_{i+D/2}) → (x_i cos θ − x_{i+D/2} sin θ, x_i sin θ + x_{i+D/2} cos θ)`.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let half = x.dim(D::Minus1)? / 2;
+    let lo = x.narrow(D::Minus1, 0, half)?;
+    let hi = x.narrow(D::Minus1, half, half)?;
+    let new_lo = (lo.broadcast_mul(cos)? - hi.broadcast_mul(sin)?)?;
+    let new_hi = (lo.broadcast_mul(sin)? + hi.broadcast_mul(cos)?)?;
+    Tensor::cat(&[new_lo, new_hi], D::Minus1)
+}
+
+/// Causal softmax attention with grouped-query heads: `q` `[B, H, T, D]`, `k` and `v`
+/// `[B, Hkv, T, D]` (query head h reads kv head `h / (H / Hkv)`); returns `[B, H, T, D]`.
+/// `softmax(q·kᵀ/√D + causal mask) · v`.
+pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    let (b, h, t, d) = q.dims4()?;
+    let h_kv = k.dim(1)?;
+    let group = h / h_kv;
+    let repeat = |x: &Tensor| -> Result<Tensor> {
+        x.unsqueeze(2)?
+            .broadcast_as((b, h_kv, group, t, d))?
+            .reshape((b, h, t, d))
+    };
+    let (k, v) = (repeat(k)?, repeat(v)?);
+    let scores = (q.matmul(&k.t()?.contiguous()?)? / (d as f64).sqrt())?;
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| (0..t).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY }))
+        .collect();
+    let mask = Tensor::from_vec(mask, (t, t), q.device())?;
+    let scores = scores.broadcast_add(&mask)?;
+    let max = scores.max_keepdim(D::Minus1)?.detach();
+    let exp = scores.broadcast_sub(&max)?.exp()?;
+    let probs = exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)?;
+    probs.matmul(&v.contiguous()?)
+}
+
+/// Cross-entropy of `logits` `[N, V]` against `targets` `[N]` (u32), mean over rows.
+pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    candle_nn::loss::cross_entropy(logits, targets)
+}
+
+/// A tensor's values as f32 (a convenience for tests and metrics).
+pub fn to_f32_vec(x: &Tensor) -> Result<Vec<f32>> {
+    x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Var;
+
+    #[test]
+    fn ternary_ste_forward_is_the_dequantized_weight_and_gradient_passes_through() {
+        let values = ternary::synthetic::uniform_values(3 * 200, 5);
+        let w = Var::from_vec(values.clone(), (3, 200), &Device::Cpu).unwrap();
+        let y = ternary_ste(w.as_tensor()).unwrap();
+        let got = to_f32_vec(&y).unwrap();
+        let planar = ternary::PlanarWeights::from_f32(3, 200, &values).unwrap();
+        for r in 0..3 {
+            let row = planar.dequantize_row(r);
+            for (a, b) in got[r * 200..(r + 1) * 200].iter().zip(&row) {
+                assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "{a} vs {b}");
+            }
+        }
+        let grads = (y * 3.0).unwrap().sum_all().unwrap().backward().unwrap();
+        let g = to_f32_vec(grads.get(w.as_tensor()).unwrap()).unwrap();
+        assert!(g.iter().all(|&x| x == 3.0));
+    }
+
+    #[test]
+    fn attention_of_the_first_position_is_its_own_value() {
+        let dev = Device::Cpu;
+        let q = Tensor::randn(0f32, 1.0, (1, 4, 5, 8), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (1, 2, 5, 8), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (1, 2, 5, 8), &dev).unwrap();
+        let out = causal_attention(&q, &k, &v).unwrap();
+        for head in 0..4 {
+            let got = to_f32_vec(&out.get(0).unwrap().get(head).unwrap().get(0).unwrap()).unwrap();
+            let want =
+                to_f32_vec(&v.get(0).unwrap().get(head / 2).unwrap().get(0).unwrap()).unwrap();
+            for (a, b) in got.iter().zip(&want) {
+                assert!((a - b).abs() < 1e-6);
+            }
+        }
+    }
+}
