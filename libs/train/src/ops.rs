@@ -109,6 +109,23 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     probs.matmul(&v.contiguous()?)
 }
 
+/// mHC `prepare_input`: `u[b, j] = Σ_s h_pre[s] · x[b, s, j]` for streams `x` `[N, n, C]` and
+/// `h_pre` `[n]`; returns `[N, C]` (libs/mhc `Mixing::prepare_input`).
+pub fn mhc_prepare(x: &Tensor, h_pre: &Tensor) -> Result<Tensor> {
+    let n = h_pre.dim(0)?;
+    x.broadcast_mul(&h_pre.reshape((1, n, 1))?)?.sum(1)
+}
+
+/// mHC `apply`: `x'[b, i, j] = Σ_s h_res[i, s] · x[b, s, j] + h_post[i] · y[b, j]` for streams
+/// `x` `[N, n, C]`, `h_res` `[n, n]`, `h_post` `[n]` and the sub-layer output `y` `[N, C]`;
+/// returns the new streams `[N, n, C]` (libs/mhc `Mixing::apply`).
+pub fn mhc_apply(x: &Tensor, h_res: &Tensor, h_post: &Tensor, y: &Tensor) -> Result<Tensor> {
+    let (rows, n, _) = x.dims3()?;
+    let mixed = h_res.broadcast_left(rows)?.matmul(x)?;
+    let written = y.unsqueeze(1)?.broadcast_mul(&h_post.reshape((1, n, 1))?)?;
+    mixed + written
+}
+
 /// Cross-entropy of `logits` `[N, V]` against `targets` `[N]` (u32), mean over rows.
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     candle_nn::loss::cross_entropy(logits, targets)
@@ -140,6 +157,39 @@ mod tests {
         let grads = (y * 3.0).unwrap().sum_all().unwrap().backward().unwrap();
         let g = to_f32_vec(grads.get(w.as_tensor()).unwrap()).unwrap();
         assert!(g.iter().all(|&x| x == 3.0));
+    }
+
+    #[test]
+    fn mhc_ops_match_libs_mhc() {
+        let (rows, c) = (3, 5);
+        for n in [mhc::NStreams::Two, mhc::NStreams::Four] {
+            let k = n.count();
+            let mixing = mhc::Mixing::from_params(&mhc::MhcParams::init(n, 1));
+            let xs = ternary::synthetic::uniform_values(rows * k * c, 1);
+            let ys = ternary::synthetic::uniform_values(rows * c, 2);
+            let dev = Device::Cpu;
+            let x = Tensor::from_vec(xs.clone(), (rows, k, c), &dev).unwrap();
+            let y = Tensor::from_vec(ys.clone(), (rows, c), &dev).unwrap();
+            let h_pre = Tensor::new(mixing.h_pre(), &dev).unwrap();
+            let h_post = Tensor::new(mixing.h_post(), &dev).unwrap();
+            let h_res = Tensor::from_slice(mixing.h_res().as_row_major(), (k, k), &dev).unwrap();
+
+            let mut u = vec![0.0; rows * c];
+            mixing.prepare_input(&xs, c, &mut u);
+            close(&to_f32_vec(&mhc_prepare(&x, &h_pre).unwrap()).unwrap(), &u);
+
+            let mut streams = xs.clone();
+            mixing.apply(&mut streams, &ys, c);
+            let got = mhc_apply(&x, &h_res, &h_post, &y).unwrap();
+            close(&to_f32_vec(&got).unwrap(), &streams);
+        }
+    }
+
+    fn close(a: &[f32], b: &[f32]) {
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() <= 1e-6, "{x} vs {y}");
+        }
     }
 
     #[test]
