@@ -3,12 +3,14 @@
 //! - [`config`]: hyper-parameters, presets and the sizes they imply.
 //! - [`tokenizer`]: the shared tokenizer, special tokens and chat template.
 //! - [`engine`]: requests, sampling parameters and the continuous-batching scheduler.
+//! - [`export`]: the one writer of model files (GGUF + .mhc) from named f32 tensors.
 //!
 //! No printing, no exiting: the tools (serve, eval-compile, maxrl) decide that.
 
 pub mod bench;
 pub mod config;
 pub mod engine;
+pub mod export;
 pub mod kv;
 pub mod load;
 pub mod metadata;

@@ -1,28 +1,20 @@
-//! Model files with random weights, for tests and benchmarks before a trained model exists: the
-//! same GGUF + .mhc layout `quantize-export` writes (tensor names, metadata, embedded tokenizer), so
-//! they exercise the real loader. The tokenizer is byte-level without merges
+//! Model files with random weights, for tests and benchmarks before a trained model exists, written
+//! by the writer `quantize-export` uses ([`crate::export::write_model`]), so they have its exact
+//! GGUF + .mhc layout and exercise the real loader. The tokenizer is byte-level without merges
 //! ([`crate::tokenizer::byte_level_json`]); the mHC parameters are random, not the identity-like
 //! initialisation, so stream mixing really happens.
 
+use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use gguf::{GgmlType, GgufWriter, Layout};
-use half::f16;
 use mhc::{Mhc2, Mhc4, MhcFile, MhcParams, NStreams};
 use ternary::synthetic::uniform_values;
-use ternary::PlanarWeights;
 
 use crate::config::ModelConfig;
-use crate::metadata;
+pub use crate::export::EmbeddingType;
+use crate::export::{self, ExportInput, F32Tensor, TensorRole, EMBEDDING};
 use crate::tokenizer::byte_level_json;
-
-/// Storage type of the embedding in the file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EmbeddingType {
-    F32,
-    F16,
-}
 
 /// Writes `<dir>/<stem>.gguf` (and `<stem>.mhc` when `config.mhc_streams` > 1) with random
 /// weights drawn from `seed`, an F16 embedding and a byte-level tokenizer; returns the two paths.
@@ -48,78 +40,50 @@ pub fn write_random_model_with(
     if config.moe.is_some() {
         return Err(invalid("random MoE models are not supported".into()));
     }
-    let (c, v) = (config.dim, config.vocab_size);
-    let gguf_path = dir.join(format!("{stem}.gguf"));
-
-    let mut layout = Layout::new();
-    let to_io = |e: gguf::WriteError| invalid(e.to_string());
-    metadata::write_config(&mut layout, config).map_err(to_io)?;
-    layout.set("general.name", stem).map_err(to_io)?;
-    layout
-        .set(metadata::TOKENIZER_KEY, byte_level_json(v))
-        .map_err(to_io)?;
-    let embd_type = match embedding {
-        EmbeddingType::F32 => GgmlType::F32,
-        EmbeddingType::F16 => GgmlType::F16,
-    };
-    layout
-        .add_tensor("token_embd.weight", embd_type, &[v as u64, c as u64])
-        .map_err(to_io)?;
-    let ternary = config.ternary_weights();
-    let norms = config.f32_tensors();
-    // File order: the embedding, each block's norms and weights, the output norm and head.
-    for (name, len) in &norms {
-        layout
-            .add_tensor(name.as_str(), GgmlType::F32, &[*len as u64])
-            .map_err(to_io)?;
+    // Every tensor has a seed of its own, as before the writer was shared with quantize-export,
+    // so the same seed still gives the same file.
+    let mut seeds: HashMap<String, u64> = HashMap::from([(EMBEDDING.to_string(), seed)]);
+    for (i, (name, _)) in config.f32_tensors().into_iter().enumerate() {
+        seeds.insert(name, seed ^ (1000 + i as u64));
     }
-    for (name, rows, cols) in &ternary {
-        layout.add_ternary(name, *rows, *cols).map_err(to_io)?;
+    for (i, (name, _, _)) in config.ternary_weights().into_iter().enumerate() {
+        seeds.insert(name, seed ^ (2000 + i as u64));
     }
-
-    let mut writer = GgufWriter::create(&gguf_path, &layout).map_err(to_io)?;
-    let embd = uniform_values(v * c, seed);
-    match embedding {
-        EmbeddingType::F32 => writer
-            .write_f32("token_embd.weight", &embd)
-            .map_err(to_io)?,
-        EmbeddingType::F16 => {
-            let bytes: Vec<u8> = embd
+    let mhc = config
+        .streams()
+        .map(|n| random_mhc(n, config.n_layers, seed));
+    let sources = export::source_tensors(config);
+    // Drawn when the writer asks for it: a large model is never held whole.
+    let lookup = |name: &str| {
+        let t = sources.iter().find(|t| t.name == name)?;
+        let len = t.shape.iter().product();
+        let values = match t.role {
+            TensorRole::Embedding | TensorRole::Ternary => uniform_values(len, seeds[name]),
+            // Norm gains around 1.
+            TensorRole::Norm => uniform_values(len, seeds[name])
                 .iter()
-                .flat_map(|&x| f16::from_f32(x).to_le_bytes())
-                .collect();
-            writer
-                .write_tensor("token_embd.weight", &bytes)
-                .map_err(to_io)?;
-        }
-    }
-    for (i, (name, len)) in norms.iter().enumerate() {
-        // Norm gains around 1.
-        let gains: Vec<f32> = uniform_values(*len, seed ^ (1000 + i as u64))
-            .iter()
-            .map(|u| 1.0 + 0.5 * u)
-            .collect();
-        writer.write_f32(name, &gains).map_err(to_io)?;
-    }
-    for (i, (name, rows, cols)) in ternary.iter().enumerate() {
-        let values = uniform_values(rows * cols, seed ^ (2000 + i as u64));
-        let weights =
-            PlanarWeights::from_f32(*rows, *cols, &values).map_err(|e| invalid(e.to_string()))?;
-        writer.write_ternary(name, &weights).map_err(to_io)?;
-    }
-    writer.finish().map_err(to_io)?;
-
-    let mhc_path = match config.streams() {
-        None => None,
-        Some(n) => {
-            let path = dir.join(format!("{stem}.mhc"));
-            random_mhc(n, config.n_layers, seed)
-                .write(&path)
-                .map_err(|e| io::Error::other(e.to_string()))?;
-            Some(path)
-        }
+                .map(|u| 1.0 + 0.5 * u)
+                .collect(),
+            TensorRole::Mhc { module } => mhc.as_ref()?.modules()[module].to_flat(),
+        };
+        Some(F32Tensor {
+            shape: t.shape.clone(),
+            values,
+        })
     };
-    Ok((gguf_path, mhc_path))
+    let tokenizer_json = byte_level_json(config.vocab_size);
+    let input = ExportInput {
+        config,
+        name: stem,
+        tokenizer_json: &tokenizer_json,
+        embedding,
+        tensors: &lookup,
+    };
+    let gguf_path = dir.join(format!("{stem}.gguf"));
+    let mhc_path = mhc.as_ref().map(|_| dir.join(format!("{stem}.mhc")));
+    let summary = export::write_model(&gguf_path, mhc_path.as_deref(), &input)
+        .map_err(|e| invalid(e.to_string()))?;
+    Ok((summary.gguf_path, summary.mhc_path))
 }
 
 /// mHC parameters with every logit and bias drawn from [-2, 2).
