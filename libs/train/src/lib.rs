@@ -17,3 +17,4 @@ pub mod ops;
 pub mod optim;
 pub mod plot;
 pub mod schedule;
+pub mod trainer;

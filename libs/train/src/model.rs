@@ -27,6 +27,8 @@ use candle_core::{DType, Device, Result, Tensor, Var, D};
 use mhc::{MhcParams, NStreams, S4};
 use model::ModelConfig;
 
+pub use crate::checkpoint::WeightMode;
+use crate::data::Rng;
 use crate::ops;
 
 /// The options of the graph that are not part of the model's shape.
@@ -67,7 +69,7 @@ impl TrainModel {
         device: &Device,
     ) -> Result<Self> {
         check_supported(config)?;
-        let mut rng = InitRng(seed);
+        let mut rng = Rng::new(seed);
         let mut tensors = Vec::new();
         for (name, shape) in parameter_shapes(config, options.mtp_heads) {
             let len: usize = shape.iter().product();
@@ -440,28 +442,6 @@ fn permutation_table(device: &Device) -> Result<Tensor> {
         }
     }
     Tensor::from_vec(table, (S4.len(), 16), device)
-}
-
-// TEMPORARY until checkpoint.rs / data.rs land (then use theirs).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WeightMode {
-    Ternary,
-    FullPrecision,
-}
-struct InitRng(u64);
-impl InitRng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn normal(&mut self) -> f64 {
-        let u1 = ((self.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
-        let u2 = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-    }
 }
 
 #[cfg(test)]
