@@ -12,6 +12,7 @@
 
 pub mod checkpoint;
 pub mod data;
+mod fused;
 pub mod model;
 pub mod ops;
 pub mod optim;

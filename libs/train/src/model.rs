@@ -162,23 +162,11 @@ impl TrainModel {
     /// `x · Wᵀ` for `x` `[N, cols]` and a stack of weights (rows concatenated in order), each
     /// through the ternary estimator, the activation through the int8 estimator.
     fn bitlinear(&self, x: &Tensor, weights: &[&str]) -> Result<Tensor> {
-        let quantized = match self.options.weights {
-            WeightMode::Ternary => weights
-                .iter()
-                .map(|w| ops::ternary_ste(self.get(w)))
-                .collect::<Result<Vec<_>>>()?,
-            WeightMode::FullPrecision => weights.iter().map(|w| self.get(w).clone()).collect(),
+        let w = match weights {
+            [one] => self.get(one).clone(),
+            many => Tensor::cat(&many.iter().map(|w| self.get(w)).collect::<Vec<_>>(), 0)?,
         };
-        let w = if quantized.len() == 1 {
-            quantized.into_iter().next().expect("one weight")
-        } else {
-            Tensor::cat(&quantized, 0)?
-        };
-        let x = match self.options.weights {
-            WeightMode::Ternary => ops::int8_act_ste(x)?,
-            WeightMode::FullPrecision => x.clone(),
-        };
-        x.matmul(&w.t()?)
+        ops::bitlinear(x, &w, self.options.weights == WeightMode::Ternary)
     }
 
     /// The mixing of module `name` (`blk.l.attn_mhc`): `(H_res [n, n], h_pre [n], h_post [n])`,
@@ -261,8 +249,7 @@ impl TrainModel {
             let hn = ops::rms_norm(&u, self.get(&name("ffn_norm.weight")), cfg.norm_eps)?;
             let gate_up =
                 self.bitlinear(&hn, &[&name("ffn_gate.weight"), &name("ffn_up.weight")])?;
-            let f = cfg.ffn_dim;
-            let act = ops::swiglu(&gate_up.narrow(1, 0, f)?, &gate_up.narrow(1, f, f)?)?;
+            let act = ops::swiglu(&gate_up)?;
             let out = self.bitlinear(&act, &[&name("ffn_down.weight")])?;
             streams = residual_update(&streams, mix, &out)?;
         }

@@ -8,44 +8,69 @@
 //! values in the forward pass and pass the gradient through unchanged (BitNet b1.58's detach trick
 //! `x + (Q(x) − x).detach()`).
 
-use candle_core::{DType, Device, Result, Tensor, D};
+use candle_core::{DType, Device, Result, Tensor};
+
+use crate::fused;
 
 /// Ternary weight fake-quantization per row of the last dimension, groups of 128 along it
 /// (`q · s`, libs/ternary `fake_quantize_weight_row`); gradient passed straight through.
 pub fn ternary_ste(w: &Tensor) -> Result<Tensor> {
-    let quantized = map_rows(w, ternary::quant::fake_quantize_weight_row)?;
-    w + (quantized - w)?.detach()
+    straight_through(w, ternary::quant::fake_quantize_weight_row, "ternary-ste")
 }
 
 /// Per-row (last dimension) absmax int8 fake-quantization of activations (`x_q · a/127`,
 /// libs/ternary `fake_quantize_activation_row`); gradient passed straight through.
 pub fn int8_act_ste(x: &Tensor) -> Result<Tensor> {
-    let quantized = map_rows(x, ternary::quant::fake_quantize_activation_row)?;
-    x + (quantized - x)?.detach()
+    straight_through(
+        x,
+        ternary::quant::fake_quantize_activation_row,
+        "int8-act-ste",
+    )
 }
 
-/// Applies a row function to every row of the last dimension (no gradient).
-fn map_rows(x: &Tensor, f: fn(&[f32], &mut [f32])) -> Result<Tensor> {
-    let cols = x.dim(D::Minus1)?;
-    let data = x.flatten_all()?.to_vec1::<f32>()?;
-    let mut out = vec![0.0f32; data.len()];
-    for (row, o) in data.chunks(cols).zip(out.chunks_mut(cols)) {
-        f(row, o);
+fn straight_through(x: &Tensor, row: fn(&[f32], &mut [f32]), name: &'static str) -> Result<Tensor> {
+    if x.device().is_cpu() {
+        x.contiguous()?.apply_op1(fused::FakeQuant { row, name })
+    } else {
+        reference::straight_through(x, row)
     }
-    Tensor::from_vec(out, x.shape(), x.device())
+}
+
+/// BitLinear `x · Wᵀ` for `x` `[N, K]` and `w` `[M, K]`: with `quantize`, the weight through the
+/// ternary estimator and the activation through the int8 estimator (the gradient passes straight
+/// through both); without, a plain full-precision linear layer (the ablation).
+pub fn bitlinear(x: &Tensor, w: &Tensor, quantize: bool) -> Result<Tensor> {
+    if x.device().is_cpu() {
+        let op = fused::BitLinear {
+            quantize_weights: quantize,
+            quantize_activations: quantize,
+        };
+        x.contiguous()?.apply_op2(&w.contiguous()?, op)
+    } else if quantize {
+        int8_act_ste(x)?.matmul(&ternary_ste(w)?.t()?)
+    } else {
+        x.matmul(&w.t()?)
+    }
 }
 
 /// RMSNorm over the last dimension: `y_j = x_j · (1 / sqrt(mean(x²) + eps)) · w_j`; `w` is `[C]`.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
-    let inv_rms = (x.sqr()?.mean_keepdim(D::Minus1)? + eps as f64)?
-        .sqrt()?
-        .recip()?;
-    x.broadcast_mul(&inv_rms)?.broadcast_mul(w)
+    if x.device().is_cpu() {
+        x.contiguous()?
+            .apply_op2(&w.contiguous()?, fused::RmsNorm { eps })
+    } else {
+        reference::rms_norm(x, w, eps)
+    }
 }
 
-/// SwiGLU's gate: `silu(g) · u` with `silu(g) = g / (1 + e^(−g))`.
-pub fn swiglu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
-    g.silu()? * u
+/// SwiGLU of the gate and up projections side by side, `[N, 2F]` → `[N, F]`: `silu(g) · u` with
+/// `silu(g) = g / (1 + e^(−g))`.
+pub fn swiglu(gate_up: &Tensor) -> Result<Tensor> {
+    if gate_up.device().is_cpu() {
+        gate_up.contiguous()?.apply_op1(fused::Swiglu)
+    } else {
+        reference::swiglu(gate_up)
+    }
 }
 
 /// The RoPE tables `(cos, sin)`, each `[T, D/2]`, of positions `0..t`:
@@ -76,64 +101,134 @@ pub fn rope_tables(
 /// Rotate-half RoPE of `x` `[B, H, T, D]` with tables `[T, D/2]`:
 /// `(x_i, x_{i+D/2}) → (x_i cos θ − x_{i+D/2} sin θ, x_i sin θ + x_{i+D/2} cos θ)`.
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let half = x.dim(D::Minus1)? / 2;
-    let lo = x.narrow(D::Minus1, 0, half)?;
-    let hi = x.narrow(D::Minus1, half, half)?;
-    let new_lo = (lo.broadcast_mul(cos)? - hi.broadcast_mul(sin)?)?;
-    let new_hi = (lo.broadcast_mul(sin)? + hi.broadcast_mul(cos)?)?;
-    Tensor::cat(&[new_lo, new_hi], D::Minus1)
+    if x.device().is_cpu() {
+        x.contiguous()?
+            .apply_op3(cos, sin, fused::Rope { inverse: false })
+    } else {
+        reference::rope(x, cos, sin)
+    }
 }
 
 /// Causal softmax attention with grouped-query heads: `q` `[B, H, T, D]`, `k` and `v`
 /// `[B, Hkv, T, D]` (query head h reads kv head `h / (H / Hkv)`); returns `[B, H, T, D]`.
-/// `softmax(q·kᵀ/√D + causal mask) · v`.
+/// `softmax(q·kᵀ/√D + causal mask) · v`. The queries of the heads that share a kv head are
+/// stacked into one `[group · T, D]` matrix, so keys and values are never repeated.
 pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     let (b, h, t, d) = q.dims4()?;
     let h_kv = k.dim(1)?;
     let group = h / h_kv;
-    let repeat = |x: &Tensor| -> Result<Tensor> {
-        x.unsqueeze(2)?
-            .broadcast_as((b, h_kv, group, t, d))?
-            .reshape((b, h, t, d))
+    let q = q.contiguous()?.reshape((b, h_kv, group * t, d))?;
+    let scale = 1.0 / (d as f32).sqrt();
+    let scores = q.matmul(&k.t()?)?;
+    let probs = if q.device().is_cpu() {
+        scores.apply_op1(fused::CausalSoftmax { scale })?
+    } else {
+        reference::causal_softmax(&scores, t, scale)?
     };
-    let (k, v) = (repeat(k)?, repeat(v)?);
-    let scores = (q.matmul(&k.t()?.contiguous()?)? / (d as f64).sqrt())?;
-    let mask: Vec<f32> = (0..t)
-        .flat_map(|i| (0..t).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY }))
-        .collect();
-    let mask = Tensor::from_vec(mask, (t, t), q.device())?;
-    let scores = scores.broadcast_add(&mask)?;
-    let max = scores.max_keepdim(D::Minus1)?.detach();
-    let exp = scores.broadcast_sub(&max)?.exp()?;
-    let probs = exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)?;
-    probs.matmul(&v.contiguous()?)
+    probs.matmul(v)?.reshape((b, h, t, d))
 }
 
 /// mHC `prepare_input`: `u[b, j] = Σ_s h_pre[s] · x[b, s, j]` for streams `x` `[N, n, C]` and
 /// `h_pre` `[n]`; returns `[N, C]` (libs/mhc `Mixing::prepare_input`).
 pub fn mhc_prepare(x: &Tensor, h_pre: &Tensor) -> Result<Tensor> {
-    let n = h_pre.dim(0)?;
-    x.broadcast_mul(&h_pre.reshape((1, n, 1))?)?.sum(1)
+    if x.device().is_cpu() {
+        x.contiguous()?
+            .apply_op2(&h_pre.contiguous()?, fused::MhcPrepare)
+    } else {
+        reference::mhc_prepare(x, h_pre)
+    }
 }
 
 /// mHC `apply`: `x'[b, i, j] = Σ_s h_res[i, s] · x[b, s, j] + h_post[i] · y[b, j]` for streams
 /// `x` `[N, n, C]`, `h_res` `[n, n]`, `h_post` `[n]` and the sub-layer output `y` `[N, C]`;
 /// returns the new streams `[N, n, C]` (libs/mhc `Mixing::apply`).
 pub fn mhc_apply(x: &Tensor, h_res: &Tensor, h_post: &Tensor, y: &Tensor) -> Result<Tensor> {
-    let (rows, n, _) = x.dims3()?;
-    let mixed = h_res.broadcast_left(rows)?.matmul(x)?;
-    let written = y.unsqueeze(1)?.broadcast_mul(&h_post.reshape((1, n, 1))?)?;
-    mixed + written
+    if x.device().is_cpu() {
+        let mix = Tensor::cat(&[h_res, &h_post.unsqueeze(1)?], 1)?;
+        x.contiguous()?
+            .apply_op3(&y.contiguous()?, &mix, fused::MhcApply)
+    } else {
+        reference::mhc_apply(x, h_res, h_post, y)
+    }
 }
 
 /// Cross-entropy of `logits` `[N, V]` against `targets` `[N]` (u32), mean over rows.
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    candle_nn::loss::cross_entropy(logits, targets)
+    if logits.device().is_cpu() {
+        logits
+            .contiguous()?
+            .apply_op2(&targets.contiguous()?, fused::CrossEntropy::default())
+    } else {
+        candle_nn::loss::cross_entropy(logits, targets)
+    }
 }
 
 /// A tensor's values as f32 (a convenience for tests and metrics).
 pub fn to_f32_vec(x: &Tensor) -> Result<Vec<f32>> {
     x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
+}
+
+/// The same operations composed from candle's own ops: the path on other devices, and the
+/// definition the fused CPU kernels are tested against (values and gradients).
+mod reference {
+    use candle_core::{Result, Tensor, D};
+
+    pub fn straight_through(x: &Tensor, row: fn(&[f32], &mut [f32])) -> Result<Tensor> {
+        let cols = x.dim(D::Minus1)?;
+        let data = x.flatten_all()?.to_vec1::<f32>()?;
+        let mut out = vec![0.0f32; data.len()];
+        for (r, o) in data.chunks(cols).zip(out.chunks_mut(cols)) {
+            row(r, o);
+        }
+        let quantized = Tensor::from_vec(out, x.shape(), x.device())?;
+        x + (quantized - x)?.detach()
+    }
+
+    pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
+        let inv_rms = (x.sqr()?.mean_keepdim(D::Minus1)? + eps as f64)?
+            .sqrt()?
+            .recip()?;
+        x.broadcast_mul(&inv_rms)?.broadcast_mul(w)
+    }
+
+    pub fn swiglu(gate_up: &Tensor) -> Result<Tensor> {
+        let f = gate_up.dim(D::Minus1)? / 2;
+        gate_up.narrow(D::Minus1, 0, f)?.silu()? * gate_up.narrow(D::Minus1, f, f)?
+    }
+
+    pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let half = x.dim(D::Minus1)? / 2;
+        let lo = x.narrow(D::Minus1, 0, half)?;
+        let hi = x.narrow(D::Minus1, half, half)?;
+        let new_lo = (lo.broadcast_mul(cos)? - hi.broadcast_mul(sin)?)?;
+        let new_hi = (lo.broadcast_mul(sin)? + hi.broadcast_mul(cos)?)?;
+        Tensor::cat(&[new_lo, new_hi], D::Minus1)
+    }
+
+    /// Scores `[.., R, T]` with row r at query position `r mod T`.
+    pub fn causal_softmax(scores: &Tensor, t: usize, scale: f32) -> Result<Tensor> {
+        let rows = scores.dim(D::Minus2)?;
+        let mask: Vec<f32> = (0..rows)
+            .flat_map(|r| (0..t).map(move |j| if j <= r % t { 0.0 } else { f32::NEG_INFINITY }))
+            .collect();
+        let mask = Tensor::from_vec(mask, (rows, t), scores.device())?;
+        let scores = (scores * scale as f64)?.broadcast_add(&mask)?;
+        let max = scores.max_keepdim(D::Minus1)?.detach();
+        let exp = scores.broadcast_sub(&max)?.exp()?;
+        exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)
+    }
+
+    pub fn mhc_prepare(x: &Tensor, h_pre: &Tensor) -> Result<Tensor> {
+        let n = h_pre.dim(0)?;
+        x.broadcast_mul(&h_pre.reshape((1, n, 1))?)?.sum(1)
+    }
+
+    pub fn mhc_apply(x: &Tensor, h_res: &Tensor, h_post: &Tensor, y: &Tensor) -> Result<Tensor> {
+        let (rows, n, _) = x.dims3()?;
+        let mixed = h_res.broadcast_left(rows)?.matmul(x)?;
+        let written = y.unsqueeze(1)?.broadcast_mul(&h_post.reshape((1, n, 1))?)?;
+        mixed + written
+    }
 }
 
 #[cfg(test)]
@@ -190,6 +285,150 @@ mod tests {
         for (x, y) in a.iter().zip(b) {
             assert!((x - y).abs() <= 1e-6, "{x} vs {y}");
         }
+    }
+
+    /// Values and gradients (of `Σ out · R` for a fixed random R) of `fused` and `composed` over
+    /// the same inputs agree to `tol` relative to the largest magnitude.
+    fn check_against_reference(
+        name: &str,
+        shapes: &[&[usize]],
+        fused: impl Fn(&[Tensor]) -> Tensor,
+        composed: impl Fn(&[Tensor]) -> Tensor,
+        tol: f32,
+    ) {
+        let dev = Device::Cpu;
+        let vars: Vec<Var> = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let n = s.iter().product();
+                let v = ternary::synthetic::uniform_values(n, 10 + i as u64);
+                Var::from_vec(v, *s, &dev).unwrap()
+            })
+            .collect();
+        let inputs: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let (a, b) = (fused(&inputs), composed(&inputs));
+        assert_eq!(a.dims(), b.dims(), "{name}");
+        let n = a.elem_count();
+        let weights =
+            Tensor::from_vec(ternary::synthetic::uniform_values(n, 99), a.shape(), &dev).unwrap();
+        close_rel(
+            name,
+            &to_f32_vec(&a).unwrap(),
+            &to_f32_vec(&b).unwrap(),
+            tol,
+        );
+        let ga = (a * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gb = (b * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for (i, v) in vars.iter().enumerate() {
+            let x = to_f32_vec(ga.get(v.as_tensor()).expect("fused gradient")).unwrap();
+            let y = to_f32_vec(gb.get(v.as_tensor()).expect("composed gradient")).unwrap();
+            close_rel(&format!("{name}: gradient of input {i}"), &x, &y, tol);
+        }
+    }
+
+    fn close_rel(name: &str, a: &[f32], b: &[f32], tol: f32) {
+        assert_eq!(a.len(), b.len(), "{name}");
+        let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (x - y).abs() <= tol * scale,
+                "{name}[{i}]: {x} vs {y} (scale {scale})"
+            );
+        }
+    }
+
+    #[test]
+    fn fused_kernels_match_the_composed_ops_in_value_and_gradient() {
+        let tol = 1e-5;
+        check_against_reference(
+            "rms_norm",
+            &[&[6, 40], &[40]],
+            |t| rms_norm(&t[0], &t[1], 1e-5).unwrap(),
+            |t| reference::rms_norm(&t[0], &t[1], 1e-5).unwrap(),
+            tol,
+        );
+        check_against_reference(
+            "swiglu",
+            &[&[5, 24]],
+            |t| swiglu(&t[0]).unwrap(),
+            |t| reference::swiglu(&t[0]).unwrap(),
+            tol,
+        );
+        let (cos, sin) = rope_tables(7, 8, 10_000.0, &Device::Cpu).unwrap();
+        check_against_reference(
+            "rope",
+            &[&[2, 3, 7, 8]],
+            |t| rope(&t[0], &cos, &sin).unwrap(),
+            |t| reference::rope(&t[0], &cos, &sin).unwrap(),
+            tol,
+        );
+        check_against_reference(
+            "causal softmax",
+            &[&[2, 3, 14, 7]],
+            |t| t[0].apply_op1(fused::CausalSoftmax { scale: 0.7 }).unwrap(),
+            |t| reference::causal_softmax(&t[0], 7, 0.7).unwrap(),
+            tol,
+        );
+        for n in [2, 4] {
+            check_against_reference(
+                "mhc_prepare",
+                &[&[150, n, 9], &[n]],
+                |t| mhc_prepare(&t[0], &t[1]).unwrap(),
+                |t| reference::mhc_prepare(&t[0], &t[1]).unwrap(),
+                tol,
+            );
+            check_against_reference(
+                "mhc_apply",
+                &[&[150, n, 9], &[n, n], &[n], &[150, 9]],
+                |t| mhc_apply(&t[0], &t[1], &t[2], &t[3]).unwrap(),
+                |t| reference::mhc_apply(&t[0], &t[1], &t[2], &t[3]).unwrap(),
+                tol,
+            );
+        }
+        for quantize in [true, false] {
+            check_against_reference(
+                "bitlinear",
+                &[&[9, 200], &[5, 200]],
+                |t| bitlinear(&t[0], &t[1], quantize).unwrap(),
+                |t| {
+                    if quantize {
+                        let x = reference::straight_through(
+                            &t[0],
+                            ternary::quant::fake_quantize_activation_row,
+                        )
+                        .unwrap();
+                        let w = reference::straight_through(
+                            &t[1],
+                            ternary::quant::fake_quantize_weight_row,
+                        )
+                        .unwrap();
+                        x.matmul(&w.t().unwrap()).unwrap()
+                    } else {
+                        t[0].matmul(&t[1].t().unwrap()).unwrap()
+                    }
+                },
+                tol,
+            );
+        }
+        let targets = Tensor::new(&[3u32, 0, 9, 9, 1], &Device::Cpu).unwrap();
+        check_against_reference(
+            "cross_entropy",
+            &[&[5, 10]],
+            |t| cross_entropy(&t[0], &targets).unwrap(),
+            |t| candle_nn::loss::cross_entropy(&t[0], &targets).unwrap(),
+            tol,
+        );
     }
 
     #[test]

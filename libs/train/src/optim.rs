@@ -13,7 +13,8 @@
 use std::collections::{HashMap, HashSet};
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Storage, Tensor, Var};
+use candle_core::{DType, Tensor, Var};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// Which optimizer updates a parameter.
@@ -205,21 +206,21 @@ impl Optimizer {
     pub fn step(&mut self, grads: &GradStore, lr_factor: f64) -> candle_core::Result<StepStats> {
         let mut present = Vec::with_capacity(self.params.len());
         let mut sum_sq = 0.0f64;
-        for (i, p) in self.params.iter().enumerate() {
-            let Some(g) = grads.get(p.var.as_tensor()) else {
-                continue;
-            };
-            if g.dims() != p.var.dims() || g.dtype() != DType::F32 {
-                candle_core::bail!(
-                    "optimizer: gradient of {} is {:?} {:?}, the parameter f32 {:?}",
-                    p.name,
-                    g.dtype(),
-                    g.dims(),
-                    p.var.dims()
-                );
+        for p in &self.params {
+            let g = grads.get(p.var.as_tensor());
+            if let Some(g) = g {
+                if g.dims() != p.var.dims() || g.dtype() != DType::F32 {
+                    candle_core::bail!(
+                        "optimizer: gradient of {} is {:?} {:?}, the parameter f32 {:?}",
+                        p.name,
+                        g.dtype(),
+                        g.dims(),
+                        p.var.dims()
+                    );
+                }
+                sum_sq += with_f32(g, sum_of_squares)?;
             }
-            sum_sq += with_f32(g, sum_of_squares)?;
-            present.push((i, g));
+            present.push(g);
         }
         let grad_norm = sum_sq.sqrt();
         if !grad_norm.is_finite() {
@@ -232,13 +233,17 @@ impl Optimizer {
             Some(clip) => (clip / (grad_norm + 1e-6)).min(1.0),
             None => 1.0,
         } as f32;
-        for (i, g) in present {
-            let p = &mut self.params[i];
-            match p.group {
-                ParamGroup::Muon => muon_update(p, g, scale, lr_factor, &self.config)?,
-                ParamGroup::Lion => lion_update(p, g, scale, lr_factor, &self.config)?,
-            }
-        }
+        // Parameters update independently: Newton–Schulz of several matrices at once keeps both
+        // cores busy where one small matmul cannot (each update is the same whatever the order).
+        let config = &self.config;
+        self.params
+            .par_iter_mut()
+            .zip(present)
+            .try_for_each(|(p, g)| match (g, p.group) {
+                (None, _) => Ok(()),
+                (Some(g), ParamGroup::Muon) => muon_update(p, g, scale, lr_factor, config),
+                (Some(g), ParamGroup::Lion) => lion_update(p, g, scale, lr_factor, config),
+            })?;
         Ok(StepStats {
             grad_norm,
             skipped: false,
@@ -301,17 +306,8 @@ impl Optimizer {
     }
 }
 
-/// Runs `f` on the f32 elements of `t` in row-major order: straight from the CPU storage when
-/// contiguous, through a copy otherwise.
 fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
-    {
-        let (storage, layout) = t.storage_and_layout();
-        if let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) {
-            return Ok(f(&cpu.as_slice::<f32>()?[start..end]));
-        }
-    }
-    let values = t.flatten_all()?.to_vec1::<f32>()?;
-    Ok(f(&values))
+    crate::fused::with_slice(t, f)
 }
 
 /// Σ x² in f64, with independent partial sums so the loop pipelines.

@@ -1,0 +1,707 @@
+//! CPU kernels of the training graph's hot operations, each one candle custom op with its own
+//! backward: one pass over memory where the composed candle version (ops.rs `reference`) makes
+//! five to ten, each allocating a tensor, with the rows spread over the rayon pool.
+//!
+//! Determinism: every reduction across rows (the gradients of norm weights and mHC matrices, the
+//! mean loss) sums fixed blocks of rows into partials that are then added in block order, so the
+//! result does not depend on how rayon split the work and a resumed run stays bit-identical.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{
+    bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor,
+    WithDType,
+};
+use rayon::prelude::*;
+
+/// Rows per block of a deterministic cross-row reduction.
+const REDUCE_ROWS: usize = 64;
+
+/// The elements of a contiguous input of a custom op.
+fn input<'a, T: WithDType>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [T]> {
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        bail!("{op}: the input must be contiguous");
+    };
+    Ok(&storage.as_slice::<T>()?[start..end])
+}
+
+/// Runs `f` on the elements of `t` in row-major order: straight from the CPU storage when
+/// contiguous, through a copy otherwise.
+pub(crate) fn with_slice<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) -> Result<R> {
+    {
+        let (storage, layout) = t.storage_and_layout();
+        if let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) {
+            return Ok(f(&cpu.as_slice::<T>()?[start..end]));
+        }
+    }
+    let values = t.flatten_all()?.to_vec1::<T>()?;
+    Ok(f(&values))
+}
+
+fn tensor_like(values: Vec<f32>, like: &Tensor) -> Result<Tensor> {
+    Tensor::from_vec(values, like.shape(), like.device())
+}
+
+/// Adds the per-block partial sums in block order.
+fn sum_partials(partials: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
+    let mut total = vec![0.0f32; len];
+    for part in partials {
+        total.iter_mut().zip(&part).for_each(|(t, p)| *t += p);
+    }
+    total
+}
+
+fn last_dim(layout: &Layout) -> Result<usize> {
+    match layout.dims().last() {
+        Some(&d) if d > 0 => Ok(d),
+        _ => bail!("fused op: empty last dimension"),
+    }
+}
+
+/// Straight-through fake quantization of every row of the last dimension; the backward is the
+/// identity.
+pub(crate) struct FakeQuant {
+    pub row: fn(&[f32], &mut [f32]),
+    pub name: &'static str,
+}
+
+impl CustomOp1 for FakeQuant {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = input::<f32>(storage, layout, self.name)?;
+        let out = map_rows(x, last_dim(layout)?, self.row);
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.clone()))
+    }
+}
+
+/// BitLinear `y = Q_act(x) · Q_w(w)ᵀ` for `x` `[N, K]` and `w` `[M, K]` in one node: the
+/// fake-quantization of both operands (each optional: the full-precision ablation turns them off)
+/// and the matmul. The backward is the straight-through one, `dx = g · Q_w(w)` and
+/// `dw = gᵀ · Q_act(x)`, each produced by one matmul in its final layout (no transposed
+/// gradient copies, no separate estimator nodes to accumulate through).
+pub(crate) struct BitLinear {
+    pub quantize_weights: bool,
+    pub quantize_activations: bool,
+}
+
+/// The rows of `x` (width `cols`) through `row`, in parallel.
+fn map_rows(x: &[f32], cols: usize, row: fn(&[f32], &mut [f32])) -> Vec<f32> {
+    let mut out = vec![0.0f32; x.len()];
+    out.par_chunks_mut(cols)
+        .zip(x.par_chunks(cols))
+        .for_each(|(o, r)| row(r, o));
+    out
+}
+
+impl BitLinear {
+    fn weights(&self, w: &[f32], k: usize) -> Option<Vec<f32>> {
+        self.quantize_weights
+            .then(|| map_rows(w, k, ternary::quant::fake_quantize_weight_row))
+    }
+
+    fn activations(&self, x: &[f32], k: usize) -> Option<Vec<f32>> {
+        self.quantize_activations
+            .then(|| map_rows(x, k, ternary::quant::fake_quantize_activation_row))
+    }
+
+    /// The operand the forward multiplied with: quantized, or the input itself.
+    fn operand(&self, t: &Tensor, weights: bool) -> Result<Tensor> {
+        let k = t.dim(1)?;
+        let quantized = with_slice(t, |v: &[f32]| {
+            if weights {
+                self.weights(v, k)
+            } else {
+                self.activations(v, k)
+            }
+        })?;
+        match quantized {
+            Some(values) => tensor_like(values, t),
+            None => t.contiguous(),
+        }
+    }
+}
+
+impl CustomOp2 for BitLinear {
+    fn name(&self) -> &'static str {
+        "bitlinear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = input::<f32>(s1, l1, "bitlinear")?;
+        let w = input::<f32>(s2, l2, "bitlinear")?;
+        let (n, k) = l1.shape().dims2()?;
+        let (m, k2) = l2.shape().dims2()?;
+        if k != k2 {
+            bail!("bitlinear: x is [{n}, {k}], w is [{m}, {k2}]");
+        }
+        let xq = self.activations(x, k).map(CpuStorage::F32);
+        let wq = self.weights(w, k).map(CpuStorage::F32);
+        let (lhs, lhs_layout) = match &xq {
+            Some(q) => (q, Layout::contiguous((n, k))),
+            None => (s1, l1.clone()),
+        };
+        let (rhs, rhs_layout) = match &wq {
+            Some(q) => (q, Layout::contiguous((m, k))),
+            None => (s2, l2.clone()),
+        };
+        let out = lhs.matmul(rhs, (1, n, m, k), &lhs_layout, &rhs_layout.transpose(0, 1)?)?;
+        Ok((out, Shape::from((n, m))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dx = grad.matmul(&self.operand(w, true)?)?;
+        let dw = grad.t()?.matmul(&self.operand(x, false)?)?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// RMSNorm of `x` `[.., C]` with weight `[C]`: `y = x · w / sqrt(mean(x²) + eps)`.
+pub(crate) struct RmsNorm {
+    pub eps: f32,
+}
+
+fn inv_rms(row: &[f32], eps: f32) -> f32 {
+    let mean_sq = row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32;
+    1.0 / (mean_sq + eps).sqrt()
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = input::<f32>(s1, l1, "rms-norm")?;
+        let w = input::<f32>(s2, l2, "rms-norm")?;
+        let c = w.len();
+        if last_dim(l1)? != c {
+            bail!("rms-norm: x has {} channels, the weight {c}", last_dim(l1)?);
+        }
+        let mut out = vec![0.0f32; x.len()];
+        out.par_chunks_mut(c)
+            .zip(x.par_chunks(c))
+            .for_each(|(o, row)| {
+                let r = inv_rms(row, self.eps);
+                for ((o, &v), &w) in o.iter_mut().zip(row).zip(w) {
+                    *o = v * r * w;
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    /// `dx_j = r·g_j·w_j − x_j·r³·(Σ_k g_k·w_k·x_k)/C`, `dw_j = Σ_rows g_j·x_j·r`.
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw) = with_slice(x, |x: &[f32]| {
+            with_slice(w, |w: &[f32]| {
+                with_slice(grad, |g: &[f32]| {
+                    let c = w.len();
+                    let mut dx = vec![0.0f32; x.len()];
+                    let block = REDUCE_ROWS * c;
+                    let partials: Vec<Vec<f32>> = dx
+                        .par_chunks_mut(block)
+                        .zip(x.par_chunks(block).zip(g.par_chunks(block)))
+                        .map(|(dx, (x, g))| {
+                            let mut dw = vec![0.0f32; c];
+                            for ((dx, x), g) in dx.chunks_mut(c).zip(x.chunks(c)).zip(g.chunks(c)) {
+                                let r = inv_rms(x, self.eps);
+                                let dot: f32 =
+                                    g.iter().zip(w).zip(x).map(|((g, w), x)| g * w * x).sum();
+                                let k = r * r * r * dot / c as f32;
+                                for j in 0..c {
+                                    dx[j] = r * g[j] * w[j] - x[j] * k;
+                                    dw[j] += g[j] * x[j] * r;
+                                }
+                            }
+                            dw
+                        })
+                        .collect();
+                    (dx, sum_partials(partials, c))
+                })
+            })
+        })???;
+        Ok((Some(tensor_like(dx, x)?), Some(tensor_like(dw, w)?)))
+    }
+}
+
+/// SwiGLU of `[N, 2F]` (gate then up): `[N, F]` of `silu(g) · u`.
+pub(crate) struct Swiglu;
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+impl CustomOp1 for Swiglu {
+    fn name(&self) -> &'static str {
+        "swiglu"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = input::<f32>(storage, layout, "swiglu")?;
+        let (n, two_f) = layout.shape().dims2()?;
+        if two_f % 2 != 0 {
+            bail!("swiglu: odd width {two_f}");
+        }
+        let f = two_f / 2;
+        let mut out = vec![0.0f32; n * f];
+        out.par_chunks_mut(f)
+            .zip(x.par_chunks(two_f))
+            .for_each(|(o, row)| {
+                let (gate, up) = row.split_at(f);
+                for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
+                    // silu written as g / (1 + e^(−g)), as libs/model and candle write it.
+                    *o = g / (1.0 + (-g).exp()) * u;
+                }
+            });
+        Ok((CpuStorage::F32(out), Shape::from((n, f))))
+    }
+
+    /// `dg = dh·u·σ(g)·(1 + g·(1 − σ(g)))`, `du = dh·g·σ(g)`.
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let (_, two_f) = arg.dims2()?;
+        let f = two_f / 2;
+        let d = with_slice(arg, |x: &[f32]| {
+            with_slice(grad, |g: &[f32]| {
+                let mut d = vec![0.0f32; x.len()];
+                d.par_chunks_mut(two_f)
+                    .zip(x.par_chunks(two_f).zip(g.par_chunks(f)))
+                    .for_each(|(d, (row, dh))| {
+                        let (gate, up) = row.split_at(f);
+                        let (dg, du) = d.split_at_mut(f);
+                        for j in 0..f {
+                            let s = sigmoid(gate[j]);
+                            dg[j] = dh[j] * up[j] * s * (1.0 + gate[j] * (1.0 - s));
+                            du[j] = dh[j] * gate[j] * s;
+                        }
+                    });
+                d
+            })
+        })??;
+        Ok(Some(tensor_like(d, arg)?))
+    }
+}
+
+/// Causal softmax of attention scores `[.., R, T]` whose row r holds the query at position
+/// `r mod T` (grouped heads stack their queries along R): `p_j = softmax_j(scale · s_j)` over
+/// `j ≤ position`, 0 beyond.
+pub(crate) struct CausalSoftmax {
+    pub scale: f32,
+}
+
+impl CustomOp1 for CausalSoftmax {
+    fn name(&self) -> &'static str {
+        "causal-softmax"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let s = input::<f32>(storage, layout, "causal-softmax")?;
+        let t = last_dim(layout)?;
+        let mut out = vec![0.0f32; s.len()];
+        out.par_chunks_mut(t)
+            .zip(s.par_chunks(t))
+            .enumerate()
+            .for_each(|(row, (p, s))| {
+                let visible = row % t + 1;
+                let max = s[..visible]
+                    .iter()
+                    .fold(f32::NEG_INFINITY, |m, &v| m.max(v * self.scale));
+                let mut sum = 0.0f32;
+                for (p, &v) in p[..visible].iter_mut().zip(s) {
+                    *p = (v * self.scale - max).exp();
+                    sum += *p;
+                }
+                let inv = 1.0 / sum;
+                p[..visible].iter_mut().for_each(|p| *p *= inv);
+            });
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    /// `ds_j = scale · p_j · (g_j − Σ_k g_k · p_k)`.
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let t = res.dim(candle_core::D::Minus1)?;
+        let d = with_slice(res, |p: &[f32]| {
+            with_slice(grad, |g: &[f32]| {
+                let mut d = vec![0.0f32; p.len()];
+                d.par_chunks_mut(t)
+                    .zip(p.par_chunks(t).zip(g.par_chunks(t)))
+                    .enumerate()
+                    .for_each(|(row, (d, (p, g)))| {
+                        let visible = row % t + 1;
+                        let dot: f32 = p[..visible].iter().zip(g).map(|(p, g)| p * g).sum();
+                        for j in 0..visible {
+                            d[j] = self.scale * p[j] * (g[j] - dot);
+                        }
+                    });
+                d
+            })
+        })??;
+        Ok(Some(tensor_like(d, res)?))
+    }
+}
+
+/// Rotate-half RoPE of `x` `[B, H, T, D]` with tables `cos`, `sin` `[T, D/2]` (`inverse`
+/// rotates by −θ: the backward of the forward rotation).
+pub(crate) struct Rope {
+    pub inverse: bool,
+}
+
+impl CustomOp3 for Rope {
+    fn name(&self) -> &'static str {
+        "rope"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = input::<f32>(s1, l1, "rope")?;
+        let cos = input::<f32>(s2, l2, "rope")?;
+        let sin = input::<f32>(s3, l3, "rope")?;
+        let (_, _, t, d) = l1.shape().dims4()?;
+        let half = d / 2;
+        if d % 2 != 0 || l2.shape().dims2()? != (t, half) || l3.shape().dims2()? != (t, half) {
+            bail!("rope: tables do not fit x {:?}", l1.dims());
+        }
+        let sign = if self.inverse { -1.0 } else { 1.0 };
+        let mut out = vec![0.0f32; x.len()];
+        out.par_chunks_mut(d)
+            .zip(x.par_chunks(d))
+            .enumerate()
+            .for_each(|(row, (o, x))| {
+                let pos = row % t;
+                let (c, s) = (&cos[pos * half..][..half], &sin[pos * half..][..half]);
+                let (lo, hi) = x.split_at(half);
+                let (o_lo, o_hi) = o.split_at_mut(half);
+                for i in 0..half {
+                    let s = sign * s[i];
+                    o_lo[i] = lo[i] * c[i] - hi[i] * s;
+                    o_hi[i] = lo[i] * s + hi[i] * c[i];
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let inverse = Rope {
+            inverse: !self.inverse,
+        };
+        let dx = grad.contiguous()?.apply_op3_no_bwd(cos, sin, &inverse)?;
+        Ok((Some(dx), None, None))
+    }
+}
+
+/// mHC `prepare_input`: streams `[R, n, C]` and `h_pre` `[n]` → `[R, C]` of `Σ_s h_pre[s]·x[s]`.
+pub(crate) struct MhcPrepare;
+
+impl CustomOp2 for MhcPrepare {
+    fn name(&self) -> &'static str {
+        "mhc-prepare"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = input::<f32>(s1, l1, "mhc-prepare")?;
+        let h = input::<f32>(s2, l2, "mhc-prepare")?;
+        let (rows, n, c) = l1.shape().dims3()?;
+        if h.len() != n {
+            bail!("mhc-prepare: {n} streams, {} weights", h.len());
+        }
+        let mut out = vec![0.0f32; rows * c];
+        out.par_chunks_mut(c)
+            .zip(x.par_chunks(n * c))
+            .for_each(|(o, x)| {
+                for (s, stream) in x.chunks(c).enumerate() {
+                    o.iter_mut().zip(stream).for_each(|(o, v)| *o += h[s] * v);
+                }
+            });
+        Ok((CpuStorage::F32(out), Shape::from((rows, c))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        h: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (_, n, c) = x.dims3()?;
+        let (dx, dh) = with_slice(x, |x: &[f32]| {
+            with_slice(h, |h: &[f32]| {
+                with_slice(grad, |g: &[f32]| {
+                    let mut dx = vec![0.0f32; x.len()];
+                    let partials: Vec<Vec<f32>> = dx
+                        .par_chunks_mut(REDUCE_ROWS * n * c)
+                        .zip(x.par_chunks(REDUCE_ROWS * n * c))
+                        .zip(g.par_chunks(REDUCE_ROWS * c))
+                        .map(|((dx, x), g)| {
+                            let mut dh = vec![0.0f32; n];
+                            for ((dx, x), g) in
+                                dx.chunks_mut(n * c).zip(x.chunks(n * c)).zip(g.chunks(c))
+                            {
+                                for s in 0..n {
+                                    let (dxs, xs) = (&mut dx[s * c..][..c], &x[s * c..][..c]);
+                                    let mut dot = 0.0f32;
+                                    for j in 0..c {
+                                        dxs[j] = h[s] * g[j];
+                                        dot += g[j] * xs[j];
+                                    }
+                                    dh[s] += dot;
+                                }
+                            }
+                            dh
+                        })
+                        .collect();
+                    (dx, sum_partials(partials, n))
+                })
+            })
+        })???;
+        Ok((Some(tensor_like(dx, x)?), Some(tensor_like(dh, h)?)))
+    }
+}
+
+/// mHC `apply`: streams `x` `[R, n, C]`, sub-layer output `y` `[R, C]` and `mix` `[n, n + 1]`
+/// (H_res beside h_post as the last column) → `x'[r, i] = Σ_s H_res[i, s]·x[r, s] + h_post[i]·y[r]`.
+pub(crate) struct MhcApply;
+
+impl CustomOp3 for MhcApply {
+    fn name(&self) -> &'static str {
+        "mhc-apply"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = input::<f32>(s1, l1, "mhc-apply")?;
+        let y = input::<f32>(s2, l2, "mhc-apply")?;
+        let mix = input::<f32>(s3, l3, "mhc-apply")?;
+        let (rows, n, c) = l1.shape().dims3()?;
+        if l2.shape().dims2()? != (rows, c) || l3.shape().dims2()? != (n, n + 1) {
+            bail!(
+                "mhc-apply: shapes {:?} {:?} {:?}",
+                l1.dims(),
+                l2.dims(),
+                l3.dims()
+            );
+        }
+        let mut out = vec![0.0f32; x.len()];
+        out.par_chunks_mut(n * c)
+            .zip(x.par_chunks(n * c).zip(y.par_chunks(c)))
+            .for_each(|(o, (x, y))| {
+                for (i, o) in o.chunks_mut(c).enumerate() {
+                    let m = &mix[i * (n + 1)..][..n + 1];
+                    for (j, o) in o.iter_mut().enumerate() {
+                        let mut acc = 0.0f32;
+                        for s in 0..n {
+                            acc += m[s] * x[s * c + j];
+                        }
+                        *o = acc + m[n] * y[j];
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        y: &Tensor,
+        mix: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (_, n, c) = x.dims3()?;
+        let w = n + 1;
+        let (dx, dy, dmix) = with_slice(x, |x: &[f32]| {
+            with_slice(y, |y: &[f32]| {
+                with_slice(mix, |mix: &[f32]| {
+                    with_slice(grad, |g: &[f32]| {
+                        let mut dx = vec![0.0f32; x.len()];
+                        let mut dy = vec![0.0f32; y.len()];
+                        let partials: Vec<Vec<f32>> = dx
+                            .par_chunks_mut(REDUCE_ROWS * n * c)
+                            .zip(dy.par_chunks_mut(REDUCE_ROWS * c))
+                            .zip(x.par_chunks(REDUCE_ROWS * n * c))
+                            .zip(y.par_chunks(REDUCE_ROWS * c))
+                            .zip(g.par_chunks(REDUCE_ROWS * n * c))
+                            .map(|((((dx, dy), x), y), g)| {
+                                let mut dm = vec![0.0f32; n * w];
+                                let rows = dx
+                                    .chunks_mut(n * c)
+                                    .zip(dy.chunks_mut(c))
+                                    .zip(x.chunks(n * c).zip(y.chunks(c)))
+                                    .zip(g.chunks(n * c));
+                                for (((dx, dy), (x, y)), g) in rows {
+                                    for i in 0..n {
+                                        let gi = &g[i * c..][..c];
+                                        let m = &mix[i * w..][..w];
+                                        for s in 0..n {
+                                            let (dxs, xs) =
+                                                (&mut dx[s * c..][..c], &x[s * c..][..c]);
+                                            let mut dot = 0.0f32;
+                                            for j in 0..c {
+                                                dxs[j] += m[s] * gi[j];
+                                                dot += gi[j] * xs[j];
+                                            }
+                                            dm[i * w + s] += dot;
+                                        }
+                                        let mut dot = 0.0f32;
+                                        for j in 0..c {
+                                            dy[j] += m[n] * gi[j];
+                                            dot += gi[j] * y[j];
+                                        }
+                                        dm[i * w + n] += dot;
+                                    }
+                                }
+                                dm
+                            })
+                            .collect();
+                        (dx, dy, sum_partials(partials, n * w))
+                    })
+                })
+            })
+        })????;
+        Ok((
+            Some(tensor_like(dx, x)?),
+            Some(tensor_like(dy, y)?),
+            Some(tensor_like(dmix, mix)?),
+        ))
+    }
+}
+
+/// Mean cross-entropy of `logits` `[N, V]` against `targets` `[N]` (u32): a scalar. The forward
+/// keeps the softmax it computed for the backward, so each logit goes through `exp` once.
+#[derive(Default)]
+pub(crate) struct CrossEntropy {
+    probs: std::sync::Mutex<Option<Vec<f32>>>,
+}
+
+/// Writes `softmax(row)` into `p` and returns `logsumexp(row)`.
+fn softmax_row(row: &[f32], p: &mut [f32]) -> f32 {
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sum = 0.0f32;
+    for (p, &v) in p.iter_mut().zip(row) {
+        *p = (v - max).exp();
+        sum += *p;
+    }
+    let inv = 1.0 / sum;
+    p.iter_mut().for_each(|p| *p *= inv);
+    max + sum.ln()
+}
+
+impl CustomOp2 for CrossEntropy {
+    fn name(&self) -> &'static str {
+        "cross-entropy"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let logits = input::<f32>(s1, l1, "cross-entropy")?;
+        let targets = input::<u32>(s2, l2, "cross-entropy")?;
+        let (n, v) = l1.shape().dims2()?;
+        if targets.len() != n || n == 0 {
+            bail!("cross-entropy: {n} rows, {} targets", targets.len());
+        }
+        if let Some(&bad) = targets.iter().find(|&&t| t as usize >= v) {
+            bail!("cross-entropy: target {bad} outside the vocabulary of {v}");
+        }
+        let mut probs = vec![0.0f32; logits.len()];
+        let per_row: Vec<f64> = probs
+            .par_chunks_mut(v)
+            .zip(logits.par_chunks(v).zip(targets.par_iter()))
+            .map(|(p, (row, &t))| (softmax_row(row, p) - row[t as usize]) as f64)
+            .collect();
+        let mean = per_row.iter().sum::<f64>() / n as f64;
+        *self.probs.lock().unwrap_or_else(|e| e.into_inner()) = Some(probs);
+        Ok((CpuStorage::F32(vec![mean as f32]), Shape::from(())))
+    }
+
+    /// `d logits = g / N · (softmax − onehot(target))`.
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        targets: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (n, v) = logits.dims2()?;
+        let scale = grad.to_scalar::<f32>()? / n as f32;
+        let kept = self.probs.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let mut d = match kept {
+            Some(probs) => probs,
+            // A second backward through the same graph: compute the softmax again.
+            None => with_slice(logits, |x: &[f32]| {
+                let mut p = vec![0.0f32; x.len()];
+                p.par_chunks_mut(v)
+                    .zip(x.par_chunks(v))
+                    .for_each(|(p, row)| {
+                        softmax_row(row, p);
+                    });
+                p
+            })?,
+        };
+        with_slice(targets, |t: &[u32]| {
+            d.par_chunks_mut(v).zip(t.par_iter()).for_each(|(d, &t)| {
+                d.iter_mut().for_each(|d| *d *= scale);
+                d[t as usize] -= scale;
+            });
+        })?;
+        Ok((Some(tensor_like(d, logits)?), None))
+    }
+}
