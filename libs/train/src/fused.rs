@@ -50,6 +50,24 @@ fn sum_partials(partials: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
     total
 }
 
+/// `Σ a·b` with eight independent partial sums (vectorizes; a fixed order, so deterministic).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 fn last_dim(layout: &Layout) -> Result<usize> {
     match layout.dims().last() {
         Some(&d) if d > 0 => Ok(d),
@@ -356,7 +374,7 @@ impl CustomOp1 for CausalSoftmax {
                     .enumerate()
                     .for_each(|(row, (d, (p, g)))| {
                         let visible = row % t + 1;
-                        let dot: f32 = p[..visible].iter().zip(g).map(|(p, g)| p * g).sum();
+                        let dot = dot(&p[..visible], &g[..visible]);
                         for j in 0..visible {
                             d[j] = self.scale * p[j] * (g[j] - dot);
                         }
@@ -485,13 +503,9 @@ impl CustomOp2 for MhcPrepare {
                                 dx.chunks_mut(n * c).zip(x.chunks(n * c)).zip(g.chunks(c))
                             {
                                 for s in 0..n {
-                                    let (dxs, xs) = (&mut dx[s * c..][..c], &x[s * c..][..c]);
-                                    let mut dot = 0.0f32;
-                                    for j in 0..c {
-                                        dxs[j] = h[s] * g[j];
-                                        dot += g[j] * xs[j];
-                                    }
-                                    dh[s] += dot;
+                                    let dxs = &mut dx[s * c..][..c];
+                                    dxs.iter_mut().zip(g).for_each(|(d, &g)| *d = h[s] * g);
+                                    dh[s] += dot(g, &x[s * c..][..c]);
                                 }
                             }
                             dh
@@ -539,15 +553,16 @@ impl CustomOp3 for MhcApply {
         out.par_chunks_mut(n * c)
             .zip(x.par_chunks(n * c).zip(y.par_chunks(c)))
             .for_each(|(o, (x, y))| {
+                // Stream by stream over whole rows (vectorizes); per element the sum keeps
+                // libs/mhc's order: H[i,0]·x0 + H[i,1]·x1 + … + h_post[i]·y.
                 for (i, o) in o.chunks_mut(c).enumerate() {
                     let m = &mix[i * (n + 1)..][..n + 1];
-                    for (j, o) in o.iter_mut().enumerate() {
-                        let mut acc = 0.0f32;
-                        for s in 0..n {
-                            acc += m[s] * x[s * c + j];
-                        }
-                        *o = acc + m[n] * y[j];
+                    o.iter_mut().zip(&x[..c]).for_each(|(o, &v)| *o = m[0] * v);
+                    for s in 1..n {
+                        let xs = &x[s * c..][..c];
+                        o.iter_mut().zip(xs).for_each(|(o, &v)| *o += m[s] * v);
                     }
+                    o.iter_mut().zip(y).for_each(|(o, &v)| *o += m[n] * v);
                 }
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -587,21 +602,14 @@ impl CustomOp3 for MhcApply {
                                         let gi = &g[i * c..][..c];
                                         let m = &mix[i * w..][..w];
                                         for s in 0..n {
-                                            let (dxs, xs) =
-                                                (&mut dx[s * c..][..c], &x[s * c..][..c]);
-                                            let mut dot = 0.0f32;
-                                            for j in 0..c {
-                                                dxs[j] += m[s] * gi[j];
-                                                dot += gi[j] * xs[j];
-                                            }
-                                            dm[i * w + s] += dot;
+                                            let dxs = &mut dx[s * c..][..c];
+                                            dxs.iter_mut()
+                                                .zip(gi)
+                                                .for_each(|(d, &g)| *d += m[s] * g);
+                                            dm[i * w + s] += dot(gi, &x[s * c..][..c]);
                                         }
-                                        let mut dot = 0.0f32;
-                                        for j in 0..c {
-                                            dy[j] += m[n] * gi[j];
-                                            dot += gi[j] * y[j];
-                                        }
-                                        dm[i * w + n] += dot;
+                                        dy.iter_mut().zip(gi).for_each(|(d, &g)| *d += m[n] * g);
+                                        dm[i * w + n] += dot(gi, y);
                                     }
                                 }
                                 dm

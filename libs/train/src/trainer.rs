@@ -278,8 +278,14 @@ impl Trainer {
         self.step >= self.spec.steps
     }
 
-    /// One optimizer step over `grad_accum` micro-batches.
+    /// One optimizer step over `grad_accum` micro-batches. It runs inside candle's thread pool,
+    /// so candle's matmuls and this crate's fused kernels share one set of workers instead of two
+    /// pools spinning against each other on the same cores.
     pub fn step(&mut self) -> Result<StepRecord, TrainError> {
+        candle_core::utils::with_threadpool(|| self.step_in_pool())
+    }
+
+    fn step_in_pool(&mut self) -> Result<StepRecord, TrainError> {
         let start = Instant::now();
         let spec = &self.spec;
         let mut grads: Option<candle_core::backprop::GradStore> = None;
