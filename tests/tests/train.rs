@@ -93,54 +93,29 @@ fn data() -> &'static Data {
     })
 }
 
+/// The flags a fresh run and its `--resume` share: data, output folder, threads, evaluation.
+fn data_flags(out: &Path) -> Vec<String> {
+    let d = data();
+    #[rustfmt::skip]
+    let flags = [
+        "--train", s(&d.train), "--val", s(&d.val), "--out", s(out),
+        "--threads", "2", "--eval-every", "4", "--eval-windows", "4",
+    ];
+    flags.map(String::from).to_vec()
+}
+
 /// The flags of a small, fast run (the tiny preset narrowed) writing into `out`.
 fn small_run(out: &Path, streams: &str, steps: &str) -> Vec<String> {
-    let d = data();
-    [
-        "--train",
-        s(&d.train),
-        "--val",
-        s(&d.val),
-        "--tokenizer",
-        s(&d.tokenizer),
-        "--out",
-        s(out),
-        "--config",
-        "tiny",
-        "--dim",
-        "64",
-        "--layers",
-        "2",
-        "--heads",
-        "4",
-        "--kv-heads",
-        "2",
-        "--ffn-dim",
-        "128",
-        "--context",
-        "64",
-        "--seq-len",
-        "32",
-        "--batch",
-        "4",
-        "--streams",
-        streams,
-        "--steps",
-        steps,
-        "--threads",
-        "2",
-        "--eval-every",
-        "4",
-        "--eval-windows",
-        "4",
-        "--log-every",
-        "1",
-        "--seed",
-        "3",
-    ]
-    .iter()
-    .map(|a| a.to_string())
-    .collect()
+    #[rustfmt::skip]
+    let settings = [
+        "--tokenizer", s(&data().tokenizer), "--config", "tiny", "--dim", "64", "--layers", "2",
+        "--heads", "4", "--kv-heads", "2", "--ffn-dim", "128", "--context", "64",
+        "--seq-len", "32", "--batch", "4", "--streams", streams, "--steps", steps,
+        "--log-every", "1", "--seed", "3",
+    ];
+    let mut flags = data_flags(out);
+    flags.extend(settings.map(String::from));
+    flags
 }
 
 /// `args` with `flag` set to `value` (replaced when present, else appended).
@@ -183,25 +158,9 @@ fn a_resumed_run_matches_an_uninterrupted_one_bit_for_bit() {
         serde_json::from_str(&std::fs::read_to_string(split.join("trainer_state.json")).unwrap())
             .unwrap();
     assert_eq!(state["step"], 3);
-    let d = data();
-    train_ok(
-        &[
-            "--resume",
-            "--train",
-            s(&d.train),
-            "--val",
-            s(&d.val),
-            "--out",
-            s(&split),
-            "--threads",
-            "2",
-            "--eval-every",
-            "4",
-            "--eval-windows",
-            "4",
-        ]
-        .map(String::from),
-    );
+    let mut resume = vec!["--resume".to_string()];
+    resume.extend(data_flags(&split));
+    train_ok(&resume);
     for file in [
         "model.safetensors",
         "optimizer.safetensors",

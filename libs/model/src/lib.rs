@@ -15,6 +15,7 @@ pub mod kv;
 pub mod load;
 pub mod metadata;
 pub mod model;
+pub mod rng;
 pub mod sampling;
 pub mod stream;
 pub mod testmodel;

@@ -1,29 +1,10 @@
 //! Choosing the next token from logits: repetition penalty, then greedy (temperature 0) or
 //! temperature → top-k → top-p → a seeded draw.
 //!
-//! The random stream is SplitMix64 written out here rather than a crate's generator, so a seed gives
-//! the same tokens across crate upgrades and platforms (a reproducibility promise of `--seed`).
+//! The random stream is [`SplitMix64`], so a seed gives the same tokens everywhere.
 
 use crate::engine::SamplingParams;
-
-/// SplitMix64 (Steele, Lea, Flood 2014): one 64-bit state, full period.
-#[derive(Clone, Debug)]
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1), 24 bits.
-    fn next_f32(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
-    }
-}
+use crate::rng::SplitMix64;
 
 /// The sampler of one request.
 #[derive(Clone, Debug)]
@@ -37,7 +18,7 @@ pub struct Sampler {
 impl Sampler {
     pub fn new(params: SamplingParams) -> Self {
         Sampler {
-            rng: SplitMix64(params.seed),
+            rng: SplitMix64::new(params.seed),
             params,
             candidates: Vec::new(),
         }

@@ -8,42 +8,8 @@
 use candle_core::{Device, Result, Tensor};
 use tokens::{Encoder, TokenFile};
 
-/// SplitMix64: a small, fast generator with a one-word state (saved in checkpoints).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-
-    /// The whole state (restored by [`Rng::new`]).
-    pub fn state(&self) -> u64 {
-        self.0
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (`n > 0`), by Lemire's multiply-shift (bias below 2⁻³² for the file
-    /// sizes used here).
-    pub fn below(&mut self, n: u64) -> u64 {
-        ((self.next_u64() as u128 * n as u128) >> 64) as u64
-    }
-
-    /// A standard normal sample (Box–Muller; two draws per sample, no cached spare, so the state
-    /// stays one word).
-    pub fn normal(&mut self) -> f64 {
-        let u1 = ((self.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
-        let u2 = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-    }
-}
+/// The loader's generator: libs/model's SplitMix64, whose one-word state a checkpoint stores.
+pub use model::rng::SplitMix64 as Rng;
 
 /// Why a token file cannot feed training.
 #[derive(Debug, thiserror::Error)]

@@ -75,29 +75,6 @@ fn last_dim(layout: &Layout) -> Result<usize> {
     }
 }
 
-/// Straight-through fake quantization of every row of the last dimension; the backward is the
-/// identity.
-pub(crate) struct FakeQuant {
-    pub row: fn(&[f32], &mut [f32]),
-    pub name: &'static str,
-}
-
-impl CustomOp1 for FakeQuant {
-    fn name(&self) -> &'static str {
-        self.name
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = input::<f32>(storage, layout, self.name)?;
-        let out = map_rows(x, last_dim(layout)?, self.row);
-        Ok((CpuStorage::F32(out), layout.shape().clone()))
-    }
-
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad.clone()))
-    }
-}
-
 /// BitLinear `y = Q_act(x) · Q_w(w)ᵀ` for `x` `[N, K]` and `w` `[M, K]` in one node: the
 /// fake-quantization of both operands (each optional: the full-precision ablation turns them off)
 /// and the matmul. The backward is the straight-through one, `dx = g · Q_w(w)` and

@@ -13,27 +13,18 @@ use candle_core::{DType, Device, Result, Tensor};
 use crate::fused;
 
 /// Ternary weight fake-quantization per row of the last dimension, groups of 128 along it
-/// (`q · s`, libs/ternary `fake_quantize_weight_row`); gradient passed straight through.
+/// (`q · s`, libs/ternary `fake_quantize_weight_row`); gradient passed straight through. The CPU
+/// graph gets this inside [`bitlinear`]'s fused node; this composed form is the other devices'
+/// path and the definition that node is tested against.
 pub fn ternary_ste(w: &Tensor) -> Result<Tensor> {
-    straight_through(w, ternary::quant::fake_quantize_weight_row, "ternary-ste")
+    reference::straight_through(w, ternary::quant::fake_quantize_weight_row)
 }
 
 /// Per-row (last dimension) absmax int8 fake-quantization of activations (`x_q · a/127`,
-/// libs/ternary `fake_quantize_activation_row`); gradient passed straight through.
+/// libs/ternary `fake_quantize_activation_row`); gradient passed straight through (composed, as
+/// [`ternary_ste`]).
 pub fn int8_act_ste(x: &Tensor) -> Result<Tensor> {
-    straight_through(
-        x,
-        ternary::quant::fake_quantize_activation_row,
-        "int8-act-ste",
-    )
-}
-
-fn straight_through(x: &Tensor, row: fn(&[f32], &mut [f32]), name: &'static str) -> Result<Tensor> {
-    if x.device().is_cpu() {
-        x.contiguous()?.apply_op1(fused::FakeQuant { row, name })
-    } else {
-        reference::straight_through(x, row)
-    }
+    reference::straight_through(x, ternary::quant::fake_quantize_activation_row)
 }
 
 /// BitLinear `x · Wᵀ` for `x` `[N, K]` and `w` `[M, K]`: with `quantize`, the weight through the
