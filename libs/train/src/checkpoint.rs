@@ -57,6 +57,10 @@ pub struct TrainerState {
     pub weights: WeightMode,
     /// The run's settings (`trainer::RunSpec` as JSON).
     pub run: serde_json::Value,
+    /// What reinforcement learning (maxrl) did to these weights after the run; absent for a
+    /// checkpoint train wrote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rl: Option<serde_json::Value>,
 }
 
 /// What [`save`] writes, borrowed.
@@ -289,6 +293,7 @@ mod tests {
             data_rng: 0xDEAD_BEEF,
             weights: WeightMode::Ternary,
             run: serde_json::json!({"any": "settings"}),
+            rl: None,
         }
     }
 

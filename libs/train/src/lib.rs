@@ -17,5 +17,6 @@ pub mod model;
 pub mod ops;
 pub mod optim;
 pub mod plot;
+pub mod policy;
 pub mod schedule;
 pub mod trainer;

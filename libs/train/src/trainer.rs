@@ -396,6 +396,7 @@ impl Trainer {
             data_rng: self.batcher.rng_state(),
             weights: self.spec.weights,
             run,
+            rl: None,
         };
         let model = self.model.tensors();
         let optimizer = self.optimizer.state_tensors();
