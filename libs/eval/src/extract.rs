@@ -68,16 +68,7 @@ fn scan_braces(text: &str, mut on_brace: impl FnMut(usize, bool) -> bool) {
                     }
                 }
             }
-            b'{' => {
-                if !on_brace(i, true) {
-                    return;
-                }
-            }
-            b'}' => {
-                if !on_brace(i, false) {
-                    return;
-                }
-            }
+            b'{' | b'}' if !on_brace(i, bytes[i] == b'{') => return,
             _ => {}
         }
         i += 1;

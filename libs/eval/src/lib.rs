@@ -5,7 +5,7 @@
 //! - [`extract`]: the generated function's body, and the programs built from it.
 //! - [`syntax`]: trivial answers (`todo!()`, a lone literal...) and code metrics, by syn.
 //! - [`check`]: compiling and running each sample in its own sandboxed temporary folder.
-//! - [`metrics`]: pass@k.
+//! - [`metrics`]: the unbiased pass@k estimator.
 //!
 //! [`evaluate`] runs them in that order and returns every sample's verdict and the summary.
 //! No printing, no exiting: eval-compile and maxrl decide that.

@@ -189,9 +189,9 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             "-n, --max-tokens and --memory-mb must be at least 1".into(),
         ));
     }
-    if !(cli.temperature.is_finite() && cli.temperature >= 0.0)
-        || !(cli.top_p > 0.0 && cli.top_p <= 1.0)
-    {
+    let temperature_ok = cli.temperature.is_finite() && cli.temperature >= 0.0;
+    let top_p_ok = cli.top_p > 0.0 && cli.top_p <= 1.0;
+    if !(temperature_ok && top_p_ok) {
         return Err(Failure::Usage(
             "--temperature must be >= 0 and --top-p in (0, 1]".into(),
         ));
