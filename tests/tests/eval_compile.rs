@@ -243,3 +243,28 @@ fn an_unreachable_server_fails_and_bad_input_is_a_usage_error() {
         "{stderr}"
     );
 }
+
+/// The project's own prompt set (data/prompts): at least 40 tasks, at least 20 with tests, and
+/// every reference solution compiles and passes, judged by the real tool.
+#[test]
+fn the_projects_prompt_set_is_solved_by_its_reference_solutions() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let prompts = root.join("data/prompts/rust_tasks.jsonl");
+    let solutions = root.join("data/prompts/rust_tasks.solutions.jsonl");
+    let output = eval_compile()
+        .args(["--prompts", prompts.to_str().unwrap()])
+        .args(["--completions", solutions.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(summary["prompts"].as_u64().unwrap() >= 40, "{summary}");
+    assert!(summary["prompts_with_tests"].as_u64().unwrap() >= 20);
+    assert_eq!(summary["success_rate"], 1.0, "{summary}");
+    assert_eq!(summary["trivial_rate"], 0.0);
+}
