@@ -261,3 +261,74 @@ impl Policy {
         Ok(())
     }
 }
+
+/// How the correct samples of a batch are weighted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Estimator {
+    /// Maximum-likelihood RL: per prompt, the mean of its K correct samples' log-likelihood
+    /// gradients (weight 1/K), averaged over the prompts with K ≥ 1. Unbiased for the gradient
+    /// of the order-N truncation of log pass-rate; hard prompts weigh as much as easy ones.
+    MaxRl,
+    /// Rejection-sampling fine-tuning: every correct sample weighs the same (1 / all correct),
+    /// so a prompt weighs in proportion to its K: the gradient of the pass rate, biased to easy
+    /// prompts.
+    Rft,
+}
+
+/// The weight of each sample of each prompt (`successes[p][i]`: sample i of prompt p is
+/// correct); incorrect samples and prompts with no correct sample get 0. The weights sum to 1
+/// when any sample is correct.
+pub fn sample_weights(successes: &[Vec<bool>], estimator: Estimator) -> Vec<Vec<f32>> {
+    let correct: Vec<usize> = successes
+        .iter()
+        .map(|s| s.iter().filter(|&&ok| ok).count())
+        .collect();
+    let prompts_with_success = correct.iter().filter(|&&k| k > 0).count();
+    let total: usize = correct.iter().sum();
+    successes
+        .iter()
+        .zip(&correct)
+        .map(|(samples, &k)| {
+            samples
+                .iter()
+                .map(|&ok| match (ok, estimator) {
+                    (false, _) => 0.0,
+                    (true, Estimator::MaxRl) => 1.0 / (k * prompts_with_success) as f32,
+                    (true, Estimator::Rft) => 1.0 / total as f32,
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maxrl_averages_per_prompt_and_rft_pools() {
+        // Prompt 0: 3 of 4 correct (easy); prompt 1: 1 of 4 (hard); prompt 2: none.
+        let s = vec![
+            vec![true, true, true, false],
+            vec![false, true, false, false],
+            vec![false; 4],
+        ];
+        let maxrl = sample_weights(&s, Estimator::MaxRl);
+        assert_eq!(maxrl[0], vec![1.0 / 6.0, 1.0 / 6.0, 1.0 / 6.0, 0.0]);
+        assert_eq!(maxrl[1], vec![0.0, 0.5, 0.0, 0.0]);
+        assert_eq!(maxrl[2], vec![0.0; 4]);
+        // Each prompt with a success weighs the same: 1/2.
+        let rft = sample_weights(&s, Estimator::Rft);
+        assert_eq!(rft[0], vec![0.25, 0.25, 0.25, 0.0]);
+        assert_eq!(rft[1], vec![0.0, 0.25, 0.0, 0.0]);
+        for w in [&maxrl, &rft] {
+            let sum: f32 = w.iter().flatten().sum();
+            assert!((sum - 1.0).abs() < 1e-6);
+        }
+        assert_eq!(
+            sample_weights(&[vec![false, false]], Estimator::MaxRl),
+            vec![vec![0.0, 0.0]]
+        );
+    }
+}
