@@ -1,0 +1,332 @@
+//! maxrl: reinforcement learning from compiler feedback on a training checkpoint.
+//!
+//! Each iteration exports the current weights to the ternary inference model (the model that
+//! will be served), samples `--samples` completions for each of `--batch-prompts` prompts, judges
+//! them with libs/eval (reward 1: compiles and is not trivial, or passes its tests when the task
+//! has tests), and takes one optimizer step on the weighted log-likelihood of the correct
+//! samples: MaxRL (per prompt, the mean over its correct samples) or rejection-sampling
+//! fine-tuning (all correct samples pooled). Prompts with no correct sample give no gradient.
+//! Exit codes: 0 done; 1 the run failed (non-finite loss, checker failure); 2 bad usage/input.
+
+// The training graph allocates and frees large buffers every step.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Parser;
+use eval::{
+    evaluate, load_prompts, CheckOptions, EvalSettings, InProcess, Sampling, Sandbox, Task,
+};
+use model::rng::SplitMix64;
+use train::policy::{sample_weights, Estimator, Policy, WeightedSequence};
+
+const EXAMPLES: &str = "\
+Examples:
+  maxrl --checkpoint runs/tiny/ckpt --prompts data/prompts/rl_train.jsonl --out runs/tiny/rl
+  maxrl --checkpoint ckpt --prompts rl.jsonl --heldout data/prompts/rust_tasks.jsonl \\
+        --iterations 30 --samples 8 --estimator rft --out runs/rft
+
+Writes --out as a checkpoint folder (the layout train writes; quantize-export reads it), with
+rl.jsonl (one line per iteration: reward rate, share of prompts with a success, loss, tokens/s)
+and summary.json (the held-out greedy compile rate before and after, with --heldout).
+
+Exit status: 0 done, 1 the run failed, 2 bad usage or bad input.";
+
+/// Reinforcement from compiler feedback: learn from the samples that compile.
+#[derive(Debug, Parser)]
+#[command(version, about, after_help = EXAMPLES)]
+struct Cli {
+    /// The checkpoint folder to start from (train's output).
+    #[arg(long, value_name = "DIR")]
+    checkpoint: PathBuf,
+    /// Prompts to learn on (JSONL, the eval-compile layout).
+    #[arg(long, value_name = "FILE")]
+    prompts: PathBuf,
+    /// Prompts never trained on: greedy compile rate before and after.
+    #[arg(long, value_name = "FILE")]
+    heldout: Option<PathBuf>,
+    /// The checkpoint folder to write.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Iterations (one optimizer step each).
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    iterations: usize,
+    /// Prompts sampled per iteration (cycling through the set in a seeded order).
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    batch_prompts: usize,
+    /// Completions per prompt.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    samples: usize,
+    #[arg(long, value_name = "T", default_value_t = 1.0)]
+    temperature: f32,
+    #[arg(long, value_name = "N", default_value_t = 96)]
+    max_tokens: usize,
+    /// maxrl (per-prompt mean of correct samples) or rft (pooled).
+    #[arg(long, value_name = "NAME", default_value = "maxrl", value_parser = ["maxrl", "rft"])]
+    estimator: String,
+    /// Multiplies the run's peak learning rates.
+    #[arg(long, value_name = "F", default_value_t = 0.3)]
+    lr_factor: f64,
+    /// Sequences per forward/backward pass.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    micro_batch: usize,
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    seed: u64,
+    /// Checks at once (default: the number of cores).
+    #[arg(long, value_name = "N")]
+    jobs: Option<usize>,
+}
+
+fn main() -> ExitCode {
+    let cli: Cli = match cli::parse("maxrl") {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
+    // See tools/train: candle's barrier pool must not spin against the rayon workers.
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "100");
+    }
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((code, message)) => {
+            eprintln!("maxrl: {message}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+type Failure = (u8, String);
+
+fn usage(message: impl std::fmt::Display) -> Failure {
+    (2, message.to_string())
+}
+
+fn failed(message: impl std::fmt::Display) -> Failure {
+    (1, message.to_string())
+}
+
+/// Greedy compile and success rates of the policy on `tasks`.
+fn greedy_rates(
+    policy: &Policy,
+    tasks: &[Task],
+    scratch: &Path,
+    sandbox: &Sandbox,
+    jobs: usize,
+    max_tokens: usize,
+) -> Result<(f64, f64), Failure> {
+    let engine = policy_engine(policy, scratch)?;
+    let settings = EvalSettings {
+        samples: 1,
+        sampling: Sampling {
+            temperature: 0.0,
+            top_p: 1.0,
+            max_tokens,
+        },
+        seed: 0,
+        jobs,
+    };
+    let evaluation = evaluate(tasks, &engine, settings, sandbox, &|_, _| {}).map_err(failed)?;
+    engine.engine.shutdown();
+    Ok((
+        evaluation.summary.compile_success_rate,
+        evaluation.summary.success_rate,
+    ))
+}
+
+fn policy_engine(policy: &Policy, scratch: &Path) -> Result<InProcess, Failure> {
+    let gguf = scratch.join("policy.gguf");
+    policy.export(&gguf, "policy").map_err(failed)?;
+    let engine =
+        model::load_engine(&gguf, None, model::EngineOptions::default()).map_err(failed)?;
+    Ok(InProcess { engine })
+}
+
+fn run(cli: &Cli) -> Result<(), Failure> {
+    if cli.iterations == 0 || cli.batch_prompts == 0 || cli.samples == 0 || cli.max_tokens == 0 {
+        return Err(usage(
+            "--iterations, --batch-prompts, --samples and --max-tokens must be at least 1",
+        ));
+    }
+    let estimator = if cli.estimator == "rft" {
+        Estimator::Rft
+    } else {
+        Estimator::MaxRl
+    };
+    let tasks = load_prompts(&cli.prompts).map_err(usage)?;
+    let heldout = match &cli.heldout {
+        Some(path) => Some(load_prompts(path).map_err(usage)?),
+        None => None,
+    };
+    let mut policy = Policy::load(&cli.checkpoint).map_err(usage)?;
+    let sandbox = Sandbox::new(CheckOptions::default()).map_err(usage)?;
+    let jobs = cli.jobs.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
+    });
+    let scratch = tempfile::tempdir().map_err(|e| failed(format!("temporary folder: {e}")))?;
+    let tokenizer = model::Tokenizer::from_json(policy.tokenizer_json()).map_err(usage)?;
+    std::fs::create_dir_all(&cli.out).map_err(|e| failed(format!("{}: {e}", cli.out.display())))?;
+    let log_path = cli.out.join("rl.jsonl");
+    let mut log = std::fs::File::create(&log_path)
+        .map_err(|e| failed(format!("{}: {e}", log_path.display())))?;
+
+    let before = match &heldout {
+        Some(h) => Some(greedy_rates(
+            &policy,
+            h,
+            scratch.path(),
+            &sandbox,
+            jobs,
+            cli.max_tokens,
+        )?),
+        None => None,
+    };
+    if let Some((compile, success)) = before {
+        eprintln!(
+            "held-out greedy before: compile {:.1} %, success {:.1} %",
+            100.0 * compile,
+            100.0 * success
+        );
+    }
+
+    // A seeded order of the prompts, reshuffled at each pass.
+    let mut rng = SplitMix64::new(cli.seed);
+    let mut order: Vec<usize> = Vec::new();
+    let started = Instant::now();
+    for iteration in 1..=cli.iterations {
+        let mut batch = Vec::new();
+        while batch.len() < cli.batch_prompts.min(tasks.len()) {
+            if order.is_empty() {
+                order = (0..tasks.len()).collect();
+                for i in (1..order.len()).rev() {
+                    order.swap(i, rng.below(i as u64 + 1) as usize);
+                }
+            }
+            batch.push(tasks[order.pop().unwrap_or(0)].clone());
+        }
+        let engine = policy_engine(&policy, scratch.path())?;
+        let settings = EvalSettings {
+            samples: cli.samples,
+            sampling: Sampling {
+                temperature: cli.temperature,
+                top_p: 1.0,
+                max_tokens: cli.max_tokens,
+            },
+            seed: cli.seed.wrapping_add(iteration as u64 * 7919),
+            jobs,
+        };
+        let evaluation =
+            evaluate(&batch, &engine, settings, &sandbox, &|_, _| {}).map_err(failed)?;
+        engine.engine.shutdown();
+        let successes: Vec<Vec<bool>> = evaluation
+            .samples
+            .chunks(cli.samples)
+            .map(|group| group.iter().map(|s| s.verdict.success()).collect())
+            .collect();
+        let weights = sample_weights(&successes, estimator);
+        let mut sequences = Vec::new();
+        for (t, task) in batch.iter().enumerate() {
+            let prompt = tokenizer.encode(&task.prompt).map_err(failed)?;
+            for (i, sample) in evaluation.samples[t * cli.samples..(t + 1) * cli.samples]
+                .iter()
+                .enumerate()
+            {
+                if weights[t][i] == 0.0 {
+                    continue;
+                }
+                // The body as extracted and the line closing the function: what a correct
+                // answer looks like, ending where generation should stop.
+                let indent = "    ".repeat(task.depth().saturating_sub(1));
+                let text = format!("{}\n{indent}}}\n", sample.body.trim_end());
+                let completion = tokenizer.encode(&text).map_err(failed)?;
+                let mut tokens = prompt.clone();
+                tokens.extend(completion);
+                sequences.push(WeightedSequence {
+                    tokens,
+                    completion_start: prompt.len(),
+                    weight: weights[t][i],
+                });
+            }
+        }
+        let summary = &evaluation.summary;
+        let with_success = successes.iter().filter(|s| s.contains(&true)).count();
+        let update_start = Instant::now();
+        let update = if sequences.is_empty() {
+            None
+        } else {
+            Some(
+                policy
+                    .update(&sequences, cli.micro_batch, cli.lr_factor)
+                    .map_err(failed)?,
+            )
+        };
+        let record = serde_json::json!({
+            "iteration": iteration,
+            "estimator": cli.estimator,
+            "samples": summary.samples,
+            "reward_rate": summary.success_rate,
+            "compile_rate": summary.compile_success_rate,
+            "trivial_rate": summary.trivial_rate,
+            "prompts_with_success": with_success as f64 / batch.len() as f64,
+            "loss": update.map(|u| u.loss),
+            "nll_per_token": update.map(|u| u.nll_per_token),
+            "trained_sequences": sequences.len(),
+            "tokens_per_s": summary.tokens_per_second,
+            "update_seconds": update_start.elapsed().as_secs_f64(),
+            "elapsed_seconds": started.elapsed().as_secs_f64(),
+        });
+        writeln!(log, "{record}").map_err(|e| failed(format!("{}: {e}", log_path.display())))?;
+        eprintln!(
+            "iter {iteration:>3}/{}: reward {:.3}  prompts with a success {:.2}  trained on {}  gen {:.0} tok/s  {:.0} s",
+            cli.iterations,
+            summary.success_rate,
+            with_success as f64 / batch.len() as f64,
+            sequences.len(),
+            summary.tokens_per_second,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    let after = match &heldout {
+        Some(h) => Some(greedy_rates(
+            &policy,
+            h,
+            scratch.path(),
+            &sandbox,
+            jobs,
+            cli.max_tokens,
+        )?),
+        None => None,
+    };
+    let rl = serde_json::json!({
+        "from": cli.checkpoint.display().to_string(),
+        "estimator": cli.estimator,
+        "iterations": cli.iterations,
+        "batch_prompts": cli.batch_prompts,
+        "samples": cli.samples,
+        "temperature": cli.temperature,
+        "lr_factor": cli.lr_factor,
+        "seed": cli.seed,
+    });
+    policy.save(&cli.out, rl.clone()).map_err(failed)?;
+    let summary = serde_json::json!({
+        "run": rl,
+        "heldout_greedy_compile_rate_before": before.map(|b| b.0),
+        "heldout_greedy_compile_rate_after": after.map(|a| a.0),
+        "heldout_greedy_success_rate_before": before.map(|b| b.1),
+        "heldout_greedy_success_rate_after": after.map(|a| a.1),
+        "seconds": started.elapsed().as_secs_f64(),
+    });
+    std::fs::write(cli.out.join("summary.json"), format!("{summary:#}\n"))
+        .map_err(|e| failed(format!("{}: {e}", cli.out.display())))?;
+    if let (Some(b), Some(a)) = (before, after) {
+        eprintln!(
+            "held-out greedy compile rate: {:.1} % -> {:.1} %",
+            100.0 * b.0,
+            100.0 * a.0
+        );
+    }
+    Ok(())
+}
