@@ -348,3 +348,45 @@ fn a_diverging_run_stops_with_exit_1_and_keeps_its_last_checkpoint() {
         "the message names the checkpoint's step: {stderr}"
     );
 }
+
+/// maxrl's update (libs/train/policy) on a checkpoint train wrote: raising the weighted
+/// log-likelihood of a chosen completion lowers its loss step after step, the exported policy
+/// loads in the inference model, and the saved folder is a checkpoint again.
+#[test]
+fn a_policy_update_raises_the_likelihood_of_the_chosen_completion() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("ckpt");
+    train_ok(&small_run(&ckpt, "2", "3"));
+    let mut policy = train::policy::Policy::load(&ckpt).unwrap();
+    let tokenizer = model::Tokenizer::from_json(policy.tokenizer_json()).unwrap();
+    let prompt = tokenizer
+        .encode("fn add(a: i32, b: i32) -> i32 {\n")
+        .unwrap();
+    let completion = tokenizer.encode("    a + b\n}\n").unwrap();
+    let sequence = train::policy::WeightedSequence {
+        tokens: [prompt.clone(), completion.clone()].concat(),
+        completion_start: prompt.len(),
+        weight: 1.0,
+    };
+    let nll: Vec<f64> = (0..4)
+        .map(|_| {
+            let stats = policy.update(&[sequence.clone()], 4, 1.0).unwrap();
+            assert_eq!(stats.completion_tokens, completion.len());
+            stats.nll_per_token
+        })
+        .collect();
+    assert!(nll.windows(2).all(|w| w[1] < w[0]), "{nll:?}");
+
+    let gguf = dir.path().join("policy.gguf");
+    policy.export(&gguf, "policy").unwrap();
+    model::Model::load(&gguf, None).unwrap();
+    let out = dir.path().join("rl");
+    policy
+        .save(&out, serde_json::json!({"estimator": "maxrl"}))
+        .unwrap();
+    let state: Json =
+        serde_json::from_str(&std::fs::read_to_string(out.join("trainer_state.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["rl"]["estimator"], "maxrl");
+    train::policy::Policy::load(&out).unwrap();
+}
