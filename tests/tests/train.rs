@@ -370,7 +370,9 @@ fn a_policy_update_raises_the_likelihood_of_the_chosen_completion() {
     };
     let nll: Vec<f64> = (0..4)
         .map(|_| {
-            let stats = policy.update(&[sequence.clone()], 4, 1.0).unwrap();
+            let stats = policy
+                .update(std::slice::from_ref(&sequence), 4, 1.0)
+                .unwrap();
             assert_eq!(stats.completion_tokens, completion.len());
             stats.nll_per_token
         })
