@@ -244,13 +244,11 @@ fn an_unreachable_server_fails_and_bad_input_is_a_usage_error() {
     );
 }
 
-/// The project's own prompt set (data/prompts): at least 40 tasks, at least 20 with tests, and
-/// every reference solution compiles and passes, judged by the real tool.
-#[test]
-fn the_projects_prompt_set_is_solved_by_its_reference_solutions() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let prompts = root.join("data/prompts/rust_tasks.jsonl");
-    let solutions = root.join("data/prompts/rust_tasks.solutions.jsonl");
+/// Runs eval-compile on a set of data/prompts with its reference solutions; returns the summary.
+fn judge_reference_solutions(set: &str) -> Value {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/prompts");
+    let prompts = root.join(format!("{set}.jsonl"));
+    let solutions = root.join(format!("{set}.solutions.jsonl"));
     let output = eval_compile()
         .args(["--prompts", prompts.to_str().unwrap()])
         .args(["--completions", solutions.to_str().unwrap(), "--json"])
@@ -262,9 +260,21 @@ fn the_projects_prompt_set_is_solved_by_its_reference_solutions() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert!(summary["prompts"].as_u64().unwrap() >= 40, "{summary}");
-    assert!(summary["prompts_with_tests"].as_u64().unwrap() >= 20);
-    assert_eq!(summary["success_rate"], 1.0, "{summary}");
-    assert_eq!(summary["trivial_rate"], 0.0);
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// The project's own prompt sets (data/prompts): the evaluation set has at least 40 tasks, at
+/// least 20 with tests; the reinforcement set at least 100; every reference solution compiles
+/// and passes, judged by the real tool.
+#[test]
+fn the_projects_prompt_sets_are_solved_by_their_reference_solutions() {
+    let tasks = judge_reference_solutions("rust_tasks");
+    assert!(tasks["prompts"].as_u64().unwrap() >= 40, "{tasks}");
+    assert!(tasks["prompts_with_tests"].as_u64().unwrap() >= 20);
+    let rl = judge_reference_solutions("rl_train");
+    assert!(rl["prompts"].as_u64().unwrap() >= 100, "{rl}");
+    for summary in [&tasks, &rl] {
+        assert_eq!(summary["success_rate"], 1.0, "{summary}");
+        assert_eq!(summary["trivial_rate"], 0.0);
+    }
 }
