@@ -1,13 +1,23 @@
-# nanochat-rs-ternary: one Makefile for building, testing and (as the tools land) the whole flow.
-# Every cargo call uses the release profile: kernels are only meaningful optimised, and one profile
-# means the dependency tree is compiled once.
+# nanochat-rs-ternary: one Makefile for building, testing and the whole flow from Rust source to a
+# served model. Every cargo call uses the release profile: kernels are only meaningful optimised,
+# and one profile means the dependency tree is compiled once.
+#
+#   make                     the default pipeline (pipelines/tiny.mk) end to end -> runs/tiny/report.md
+#   PIPELINE=nano-125m make  another file of pipelines/
+#   make serve               the server on the pipeline's model (http://127.0.0.1:8000, chat page at /)
+#   make rl                  maxrl on the pipeline's checkpoint, evaluated, added to the report
+#   make test                THE test command (CI)
+#
+# Every step writes a file under runs/<pipeline>/, so an interrupted `make` resumes at the step that
+# had not finished (training itself resumes from its last checkpoint).
 
 CARGO ?= cargo
 BIN := target/release
 
-.PHONY: all build test lint fmt verify bench bench-quick bench-serve bench-train serve e2e-chat clean
+.PHONY: all build test lint fmt verify bench bench-quick bench-serve bench-train serve e2e-chat clean \
+	corpus tokens train export eval report rl ablations
 
-all: build verify
+all: report
 
 build:
 	$(CARGO) build --release --workspace --bins
@@ -48,10 +58,6 @@ bench-serve: build
 bench-train: build
 	$(BIN)/train --bench --bench-steps 10
 
-# Serve a model file on http://127.0.0.1:8000 (chat page at /): MODEL=path/to/model.gguf make serve
-serve: build
-	@test -n "$(MODEL)" || { echo "make serve needs MODEL=path/to/model.gguf"; exit 2; }
-	$(BIN)/serve --model $(MODEL)
 
 # The chat page in a real browser (headless Chromium: apt-get install -y chromium), against the
 # echo backend, or against a model with MODEL=path/to/model.gguf.
@@ -61,51 +67,142 @@ e2e-chat: build
 clean:
 	$(CARGO) clean
 
-# The default training corpus, no download: the Rust sources of the project's own locked
-# dependencies (cargo vendor reads the local registry cache), in git-ignored data/vendor/.
-# Redone when Cargo.lock changes. `make corpus` then `find data/vendor -name '*.rs'` is the corpus.
-.PHONY: corpus
-corpus: data/vendor/.stamp
+# ---------------------------------------------------------------------------------------------
+# The pipeline. pipelines/$(PIPELINE).mk sets the model preset, data, training, eval and RL sizes.
+PIPELINE ?= tiny
+PIPELINE_FILE := pipelines/$(PIPELINE).mk
+ifeq ($(wildcard $(PIPELINE_FILE)),)
+$(error PIPELINE=$(PIPELINE): there is no $(PIPELINE_FILE) (pipelines: $(notdir $(basename $(wildcard pipelines/*.mk)))))
+endif
+include $(PIPELINE_FILE)
+RUN := runs/$(PIPELINE)
+
+# Rust source to train on (folders; every .rs file under them) and the prompt sets whose functions
+# must never be trained on: the project's own sets and, where they are, the MultiPL-E benchmarks.
+CORPUS_SOURCES ?= data/vendor
+BENCHMARKS_DIR ?= ../shared/benchmarks
+HUMANEVAL_RS ?=
+HELDOUT_PROMPTS := data/prompts/rust_tasks.jsonl
+RL_PROMPTS := data/prompts/rl_train.jsonl
+EVAL_SETS := $(filter-out %.solutions.jsonl,$(wildcard data/prompts/*.jsonl)) \
+	$(wildcard $(BENCHMARKS_DIR)/*.jsonl) $(HUMANEVAL_RS)
+
+# The default corpus, no download: the Rust sources of the project's own locked dependencies
+# (cargo vendor reads the local registry cache), in git-ignored data/vendor/. Redone when
+# Cargo.lock changes.
+corpus: $(RUN)/corpus/corpus.json
 
 data/vendor/.stamp: Cargo.lock
 	rm -rf data/vendor
-	$(CARGO) vendor --locked --versioned-dirs data/vendor >/dev/null
+	$(CARGO) vendor --quiet --locked --versioned-dirs data/vendor >/dev/null
 	touch $@
 
-# Tokenizer and token files of the vendored corpus (4096-token byte-level BPE trained on a 32 MB
-# sample; train/val split by path hash).
-GEN := data/generated
-.PHONY: tokens
-tokens: $(GEN)/train.bin
+# The training corpus: the sources minus every file that holds an evaluation prompt (hard links,
+# so no copy of the 100 MB).
+$(RUN)/corpus/corpus.json: data/vendor/.stamp scripts/corpus.py $(EVAL_SETS)
+	python3 scripts/corpus.py --out $(RUN)/corpus $(addprefix --source ,$(CORPUS_SOURCES)) \
+		$(addprefix --prompts ,$(EVAL_SETS))
 
-$(GEN)/tokenizer.json: data/vendor/.stamp
-	$(CARGO) build --release -p tokenize
-	mkdir -p $(GEN)
-	$(BIN)/tokenize train --input data/vendor --vocab-size 4096 --max-bytes 32000000 --seed 1 --out $@
+# Tokenizer (byte-level BPE on a deterministic sample) and token files (train/val by path hash).
+tokens: $(RUN)/data/train.bin
 
-$(GEN)/train.bin: $(GEN)/tokenizer.json
-	$(BIN)/tokenize encode --tokenizer $< --input data/vendor --out $@ --val-out $(GEN)/val.bin --val-fraction 0.01
+$(RUN)/data/tokenizer.json: $(RUN)/corpus/corpus.json | build
+	mkdir -p $(RUN)/data
+	$(BIN)/tokenize train --input $(RUN)/corpus --vocab-size $(VOCAB) \
+		--max-bytes $(TOKENIZER_SAMPLE_BYTES) --seed 1 --out $@
 
-# A 20-minute CPU run of the tiny preset (docs/BENCHMARKS.md "Training"), then its GGUF + .mhc.
-.PHONY: train-tiny
-train-tiny: runs/tiny/model.gguf
+$(RUN)/data/train.bin: $(RUN)/data/tokenizer.json | build
+	$(BIN)/tokenize encode --tokenizer $< --input $(RUN)/corpus --out $@ \
+		--val-out $(RUN)/data/val.bin --val-fraction 0.01 --json > $(RUN)/data/encode.json.tmp
+	mv $(RUN)/data/encode.json.tmp $(RUN)/data/encode.json
 
-# An interrupted run leaves its last checkpoint: the next `make` resumes it (--resume takes every
-# run setting from the checkpoint).
-TINY_RUN := --train $(GEN)/train.bin --val $(GEN)/val.bin --out runs/tiny/ckpt \
-	--eval-every 100 --eval-windows 64 --checkpoint-every 250 --log-every 25
-runs/tiny/train.done: $(GEN)/train.bin
-	$(CARGO) build --release -p train-cli
-	if [ -f runs/tiny/ckpt/trainer_state.json ]; then $(BIN)/train --resume $(TINY_RUN); \
-	else $(BIN)/train $(TINY_RUN) --tokenizer $(GEN)/tokenizer.json --config tiny --seq-len 256 \
-		--batch 8 --steps 1100 --warmup 50 --seed 1; fi
+# Training. An interrupted run leaves its last checkpoint: the next `make` resumes it (--resume
+# takes every run setting from the checkpoint). train.done marks the end of the run.
+train: $(RUN)/train.done
+
+TRAIN_IO := --train $(RUN)/data/train.bin --val $(RUN)/data/val.bin --out $(RUN)/ckpt \
+	--eval-every $(EVAL_EVERY) --eval-windows $(EVAL_WINDOWS) \
+	--checkpoint-every $(CHECKPOINT_EVERY) --log-every 25 --max-minutes $(MAX_MINUTES)
+$(RUN)/train.done: $(RUN)/data/train.bin | build
+	if [ -f $(RUN)/ckpt/trainer_state.json ]; then $(BIN)/train --resume $(TRAIN_IO); \
+	else $(BIN)/train $(TRAIN_IO) --tokenizer $(RUN)/data/tokenizer.json --config $(CONFIG) \
+		--seq-len $(SEQ_LEN) --batch $(BATCH) --steps $(STEPS) --warmup $(WARMUP) --seed 1 \
+		$(TRAIN_FLAGS); fi
 	touch $@
 
-runs/tiny/model.gguf: runs/tiny/train.done
-	$(CARGO) build --release -p quantize-export
-	$(BIN)/quantize-export --checkpoint runs/tiny/ckpt --out $@
+# GGUF + .mhc, then the checks: the listing of both files and every ternary tensor through every
+# kernel of this CPU, bit for bit against the reference.
+export: $(RUN)/model.gguf
 
-# docs/ABLATIONS.md: ternary vs full precision, mHC N=2 vs plain vs N=4, equal steps and data.
-.PHONY: ablations
-ablations: $(GEN)/train.bin build
-	scripts/ablations.sh 200 runs/ablations
+$(RUN)/model.gguf: $(RUN)/train.done | build
+	$(BIN)/quantize-export --checkpoint $(RUN)/ckpt --out $@ --json > $(RUN)/export.json.tmp
+	mv $(RUN)/export.json.tmp $(RUN)/export.json
+
+$(RUN)/inspect.json: $(RUN)/model.gguf | build
+	$(BIN)/gguf-inspect $< --mhc $(RUN)/model.mhc --json > $@.tmp
+	mv $@.tmp $@
+
+$(RUN)/verify.json: $(RUN)/model.gguf | build
+	$(BIN)/verify-triangle --model $< --json > $@.tmp
+	mv $@.tmp $@
+
+# Does the generated code compile, do its tests pass: the project's own prompt set, and
+# HumanEval-Rust when HUMANEVAL_RS names a copy.
+EVAL_FLAGS := -n $(EVAL_SAMPLES) --temperature $(EVAL_TEMPERATURE) --max-tokens $(EVAL_MAX_TOKENS) --seed 1
+EVAL_OUTPUTS := $(RUN)/eval.json $(if $(HUMANEVAL_RS),$(RUN)/eval-humaneval.json)
+eval: $(EVAL_OUTPUTS)
+
+$(RUN)/eval.json: $(RUN)/model.gguf $(HELDOUT_PROMPTS) | build
+	$(BIN)/eval-compile --prompts $(HELDOUT_PROMPTS) --model $< $(EVAL_FLAGS) --out $@
+
+$(RUN)/eval-humaneval.json: $(RUN)/model.gguf $(HUMANEVAL_RS) | build
+	$(BIN)/eval-compile --prompts $(HUMANEVAL_RS) --model $< $(EVAL_FLAGS) --out $@
+
+# Kernel throughput of this machine: the 4096x4096 GEMV of docs/BENCHMARKS.md, batch 1.
+$(RUN)/gemv.json: | build
+	mkdir -p $(RUN)
+	$(BIN)/gemv-bench --shape 4096x4096 --batch 1 --repeats 5 --json > $@.tmp
+	mv $@.tmp $@
+
+# The report card.
+report: $(RUN)/report.md
+
+REPORT_INPUTS := $(RUN)/data/train.bin $(RUN)/model.gguf $(RUN)/inspect.json $(RUN)/verify.json \
+	$(EVAL_OUTPUTS) $(RUN)/gemv.json scripts/report.py
+$(RUN)/report.md: $(REPORT_INPUTS)
+	python3 scripts/report.py --run $(RUN) --pipeline $(PIPELINE_FILE) > $@.tmp
+	mv $@.tmp $@
+	@echo "report card: $@"
+
+# Reinforcement from compiler feedback on the trained checkpoint: learn on the RL prompt set,
+# greedy compile rate on the held-out set before and after, then the improved model's GGUF,
+# its eval-compile figures, and the report card again with an RL section.
+rl: $(RUN)/rl/eval.json
+	python3 scripts/report.py --run $(RUN) --pipeline $(PIPELINE_FILE) > $(RUN)/report.md.tmp
+	mv $(RUN)/report.md.tmp $(RUN)/report.md
+	@echo "report card: $(RUN)/report.md"
+
+$(RUN)/rl/summary.json: $(RUN)/train.done $(RL_PROMPTS) $(HELDOUT_PROMPTS) | build
+	$(BIN)/maxrl --checkpoint $(RUN)/ckpt --prompts $(RL_PROMPTS) --heldout $(HELDOUT_PROMPTS) \
+		--out $(RUN)/rl --iterations $(RL_ITERATIONS) --batch-prompts $(RL_BATCH_PROMPTS) \
+		--samples $(RL_SAMPLES) --estimator $(RL_ESTIMATOR) --seed 1
+
+$(RUN)/rl/model.gguf: $(RUN)/rl/summary.json | build
+	$(BIN)/quantize-export --checkpoint $(RUN)/rl --out $@ --json > $(RUN)/rl/export.json.tmp
+	mv $(RUN)/rl/export.json.tmp $(RUN)/rl/export.json
+
+$(RUN)/rl/eval.json: $(RUN)/rl/model.gguf $(HELDOUT_PROMPTS) | build
+	$(BIN)/eval-compile --prompts $(HELDOUT_PROMPTS) --model $< $(EVAL_FLAGS) --out $@
+
+# The server on the pipeline's model (built first if need be), or on MODEL=path/to/model.gguf.
+MODEL ?= $(RUN)/model.gguf
+HOST ?= 127.0.0.1
+PORT ?= 8000
+serve: $(MODEL) | build
+	$(BIN)/serve --model $(MODEL) --host $(HOST) --port $(PORT)
+
+# docs/ABLATIONS.md: ternary vs full precision, mHC N=2 vs plain vs N=4, equal steps and data (the
+# token files of the tiny pipeline).
+ablations: | build
+	$(MAKE) PIPELINE=tiny tokens
+	scripts/ablations.sh 200 runs/ablations runs/tiny/data

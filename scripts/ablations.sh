@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The ablations of docs/ABLATIONS.md: the tiny preset trained at equal steps, data and seed with
 # ternary vs full-precision weights and mHC N=2 vs plain residuals vs N=4; prints the table of
-# final validation loss and bits per byte. Usage: scripts/ablations.sh [STEPS] [OUT_DIR]
-# Needs the token files of `make tokens` (data/generated/) and the release binaries.
+# final validation loss and bits per byte. Usage: scripts/ablations.sh [STEPS] [OUT_DIR] [DATA_DIR]
+# Needs token files (`make tokens`: runs/tiny/data/) and the release binaries.
 set -euo pipefail
 steps=${1:-200}
 out=${2:-runs/ablations}
-data=data/generated
+data=${3:-runs/tiny/data}
 mkdir -p "$out"
 common=(--train "$data/train.bin" --val "$data/val.bin" --tokenizer "$data/tokenizer.json"
         --config tiny --seq-len 256 --batch 8 --steps "$steps" --warmup 20 --seed 1
