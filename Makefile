@@ -84,6 +84,7 @@ BENCHMARKS_DIR ?= ../shared/benchmarks
 HUMANEVAL_RS ?=
 HELDOUT_PROMPTS := data/prompts/rust_tasks.jsonl
 RL_PROMPTS := data/prompts/rl_train.jsonl
+RL_WARMUP := data/prompts/rl_train.solutions.jsonl
 EVAL_SETS := $(filter-out %.solutions.jsonl,$(wildcard data/prompts/*.jsonl)) \
 	$(wildcard $(BENCHMARKS_DIR)/*.jsonl) $(HUMANEVAL_RS)
 
@@ -99,7 +100,8 @@ data/vendor/.stamp: Cargo.lock
 
 # The training corpus: the sources minus every file that holds an evaluation prompt (hard links,
 # so no copy of the 100 MB).
-$(RUN)/corpus/corpus.json: data/vendor/.stamp scripts/corpus.py $(EVAL_SETS)
+$(RUN)/corpus/corpus.json: $(if $(filter data/vendor,$(CORPUS_SOURCES)),data/vendor/.stamp) \
+		scripts/corpus.py $(EVAL_SETS)
 	python3 scripts/corpus.py --out $(RUN)/corpus $(addprefix --source ,$(CORPUS_SOURCES)) \
 		$(addprefix --prompts ,$(EVAL_SETS))
 
@@ -182,10 +184,11 @@ rl: $(RUN)/rl/eval.json
 	mv $(RUN)/report.md.tmp $(RUN)/report.md
 	@echo "report card: $(RUN)/report.md"
 
-$(RUN)/rl/summary.json: $(RUN)/train.done $(RL_PROMPTS) $(HELDOUT_PROMPTS) | build
+$(RUN)/rl/summary.json: $(RUN)/train.done $(RL_PROMPTS) $(RL_WARMUP) $(HELDOUT_PROMPTS) | build
 	$(BIN)/maxrl --checkpoint $(RUN)/ckpt --prompts $(RL_PROMPTS) --heldout $(HELDOUT_PROMPTS) \
 		--out $(RUN)/rl --iterations $(RL_ITERATIONS) --batch-prompts $(RL_BATCH_PROMPTS) \
-		--samples $(RL_SAMPLES) --estimator $(RL_ESTIMATOR) --seed 1
+		--samples $(RL_SAMPLES) --estimator $(RL_ESTIMATOR) --seed 1 \
+		$(if $(filter-out 0,$(RL_WARMUP_STEPS)),--warmup $(RL_WARMUP) --warmup-steps $(RL_WARMUP_STEPS))
 
 $(RUN)/rl/model.gguf: $(RUN)/rl/summary.json | build
 	$(BIN)/quantize-export --checkpoint $(RUN)/rl --out $@ --json > $(RUN)/rl/export.json.tmp

@@ -171,11 +171,19 @@ def rl_section(run):
     lines = ["## Reinforcement from compiler feedback (make rl)", "",
              f"{r['estimator']}, {r['iterations']} iterations of {r['batch_prompts']} prompts x {r['samples']} samples, "
              f"temperature {r['temperature']}, {summary['seconds'] / 60:.1f} min.", ""]
-    lines.append(f"- Held-out greedy compile rate: {pct(summary['heldout_greedy_compile_rate_before'])} before, "
-                 f"**{pct(summary['heldout_greedy_compile_rate_after'])}** after; success "
-                 f"{pct(summary['heldout_greedy_success_rate_before'])} -> {pct(summary['heldout_greedy_success_rate_after'])}.")
-    if records:
-        lines.append("- Reward rate per iteration: " + ", ".join(f"{x['reward_rate']:.2f}" for x in records) + ".")
+    if r.get("warmup"):
+        lines.append(f"- Warm-up: {r['warmup_steps']} supervised steps on `{r['warmup']}` (solutions of the RL "
+                     "prompts; the held-out prompts are never trained on).")
+    lines.append(f"- Held-out greedy compile rate: {pct(summary['heldout_greedy_compile_rate_before'])} before"
+                 + (f", {pct(summary.get('heldout_greedy_compile_rate_after_warmup'))} after the warm-up"
+                    if r.get("warmup") else "")
+                 + f", **{pct(summary['heldout_greedy_compile_rate_after'])}** after RL; success "
+                 f"{pct(summary['heldout_greedy_success_rate_before'])}"
+                 + (f" -> {pct(summary.get('heldout_greedy_success_rate_after_warmup'))}" if r.get("warmup") else "")
+                 + f" -> {pct(summary['heldout_greedy_success_rate_after'])}.")
+    iterations = [x for x in records if x.get("phase", "rl") == "rl"]
+    if iterations:
+        lines.append("- Reward rate per iteration: " + ", ".join(f"{x['reward_rate']:.2f}" for x in iterations) + ".")
     lines.append("")
     rl_eval = os.path.join(run, "rl", "eval.json")
     if os.path.exists(rl_eval):

@@ -264,16 +264,19 @@ fn judge_reference_solutions(set: &str) -> Value {
 }
 
 /// The project's own prompt sets (data/prompts): the evaluation set has at least 40 tasks, at
-/// least 20 with tests; the reinforcement set at least 100; every reference solution compiles
-/// and passes, judged by the real tool.
+/// least 20 with tests; the reinforcement and warm-up sets at least 50 each; every reference
+/// solution compiles and passes, judged by the real tool.
 #[test]
 fn the_projects_prompt_sets_are_solved_by_their_reference_solutions() {
     let tasks = judge_reference_solutions("rust_tasks");
     assert!(tasks["prompts"].as_u64().unwrap() >= 40, "{tasks}");
     assert!(tasks["prompts_with_tests"].as_u64().unwrap() >= 20);
     let rl = judge_reference_solutions("rl_train");
-    assert!(rl["prompts"].as_u64().unwrap() >= 100, "{rl}");
-    for summary in [&tasks, &rl] {
+    let warmup = judge_reference_solutions("rl_warmup");
+    for set in [&rl, &warmup] {
+        assert!(set["prompts"].as_u64().unwrap() >= 50, "{set}");
+    }
+    for summary in [&tasks, &rl, &warmup] {
         assert_eq!(summary["success_rate"], 1.0, "{summary}");
         assert_eq!(summary["trivial_rate"], 0.0);
     }

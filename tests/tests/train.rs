@@ -406,3 +406,103 @@ fn a_policy_update_raises_the_likelihood_of_the_chosen_completion() {
     assert_eq!(state["rl"]["estimator"], "maxrl");
     train::policy::Policy::load(&out).unwrap();
 }
+
+/// The lines of a JSONL file.
+fn jsonl(path: &Path) -> Vec<Json> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// maxrl end to end on a checkpoint train wrote: the supervised warm-up on reference solutions
+/// lowers their loss; after it the sampled completions compile (real rustc), so RL iterations get
+/// rewards and train on them; the summary holds the held-out rates; the output is a checkpoint
+/// that quantize-export reads. A warm-up file without its step count is bad usage.
+#[test]
+fn maxrl_warms_up_then_learns_from_the_samples_that_compile() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("ckpt");
+    train_ok(&small_run(&ckpt, "2", "2"));
+    let prompts = dir.path().join("prompts.jsonl");
+    let solutions = dir.path().join("solutions.jsonl");
+    let heldout = dir.path().join("heldout.jsonl");
+    std::fs::write(
+        &prompts,
+        "{\"name\":\"add\",\"prompt\":\"fn add(a: i32, b: i32) -> i32 {\\n\"}\n\
+         {\"name\":\"double\",\"prompt\":\"fn double(x: i32) -> i32 {\\n\"}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &solutions,
+        "{\"name\":\"add\",\"body\":\"    a + b\\n\"}\n{\"name\":\"double\",\"body\":\"    x * 2\\n\"}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &heldout,
+        "{\"name\":\"sub\",\"prompt\":\"fn sub(a: i32, b: i32) -> i32 {\\n\"}\n",
+    )
+    .unwrap();
+    let out = dir.path().join("rl");
+    #[rustfmt::skip]
+    let args = [
+        "--checkpoint", s(&ckpt), "--prompts", s(&prompts), "--heldout", s(&heldout),
+        "--out", s(&out), "--warmup", s(&solutions), "--warmup-steps", "30",
+        "--iterations", "2", "--batch-prompts", "2", "--samples", "4", "--temperature", "0.5",
+        "--max-tokens", "12", "--lr-factor", "1", "--seed", "5",
+    ];
+    run_ok("maxrl", &args);
+
+    let log = jsonl(&out.join("rl.jsonl"));
+    let warmup: Vec<f64> = log
+        .iter()
+        .filter(|r| r["phase"] == "warmup")
+        .map(|r| r["nll_per_token"].as_f64().unwrap())
+        .collect();
+    assert_eq!(warmup.len(), 30);
+    assert!(
+        warmup[29] < 0.25 * warmup[0],
+        "the warm-up learns the solutions: {warmup:?}"
+    );
+    let iterations: Vec<&Json> = log.iter().filter(|r| r["phase"] == "rl").collect();
+    assert_eq!(iterations.len(), 2);
+    assert!(
+        iterations
+            .iter()
+            .any(|r| r["reward_rate"].as_f64().unwrap() > 0.0
+                && r["trained_sequences"].as_u64().unwrap() > 0
+                && r["loss"].is_f64()),
+        "sampled solutions compile and are trained on: {iterations:?}"
+    );
+    let summary: Json =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    for key in ["before", "after_warmup", "after"] {
+        let rate = summary[format!("heldout_greedy_compile_rate_{key}")].as_f64();
+        assert!(rate.is_some_and(|r| (0.0..=1.0).contains(&r)), "{summary}");
+    }
+    run_ok(
+        "quantize-export",
+        &[
+            "--checkpoint",
+            s(&out),
+            "--out",
+            s(&dir.path().join("rl.gguf")),
+        ],
+    );
+
+    let (code, _, stderr) = run(
+        "maxrl",
+        &[
+            "--checkpoint",
+            s(&ckpt),
+            "--prompts",
+            s(&prompts),
+            "--out",
+            s(&dir.path().join("bad")),
+            "--warmup",
+            s(&solutions),
+        ],
+    );
+    assert_eq!(code, 2, "{stderr}");
+}

@@ -255,6 +255,11 @@ impl FromFile {
             completions,
         })
     }
+
+    /// The completion given for `task`, if any.
+    pub fn completion(&self, task: &str) -> Option<&str> {
+        self.completions.get(task).map(String::as_str)
+    }
 }
 
 impl Backend for FromFile {

@@ -6,6 +6,8 @@
 //! has tests), and takes one optimizer step on the weighted log-likelihood of the correct
 //! samples: MaxRL (per prompt, the mean over its correct samples) or rejection-sampling
 //! fine-tuning (all correct samples pooled). Prompts with no correct sample give no gradient.
+//! With `--warmup FILE`, supervised steps on reference solutions of the training prompts come
+//! first, so that a base model too weak to ever compile gets rewards to learn from.
 //! Exit codes: 0 done; 1 the run failed (non-finite loss, checker failure); 2 bad usage/input.
 
 // The training graph allocates and frees large buffers every step.
@@ -19,7 +21,8 @@ use std::time::Instant;
 
 use clap::Parser;
 use eval::{
-    evaluate, load_prompts, CheckOptions, EvalSettings, InProcess, Sampling, Sandbox, Task,
+    evaluate, load_prompts, CheckOptions, EvalSettings, FromFile, InProcess, Sampling, Sandbox,
+    Task,
 };
 use model::rng::SplitMix64;
 use train::policy::{sample_weights, Estimator, Policy, WeightedSequence};
@@ -29,10 +32,16 @@ Examples:
   maxrl --checkpoint runs/tiny/ckpt --prompts data/prompts/rl_train.jsonl --out runs/tiny/rl
   maxrl --checkpoint ckpt --prompts rl.jsonl --heldout data/prompts/rust_tasks.jsonl \\
         --iterations 30 --samples 8 --estimator rft --out runs/rft
+  maxrl --checkpoint runs/tiny/ckpt --prompts data/prompts/rl_train.jsonl \\
+        --warmup-prompts data/prompts/rl_warmup.jsonl \\
+        --warmup data/prompts/rl_warmup.solutions.jsonl --warmup-steps 120 \\
+        --heldout data/prompts/rust_tasks.jsonl --out runs/tiny/rl
 
 Writes --out as a checkpoint folder (the layout train writes; quantize-export reads it), with
 rl.jsonl (one line per iteration: reward rate, share of prompts with a success, loss, tokens/s)
-and summary.json (the held-out greedy compile rate before and after, with --heldout).
+and summary.json (the held-out greedy compile rate before and after, with --heldout; with
+--warmup also after the warm-up, where RL starts). The held-out prompts are never trained on,
+not even by the warm-up.
 
 Exit status: 0 done, 1 the run failed, 2 bad usage or bad input.";
 
@@ -79,6 +88,17 @@ struct Cli {
     /// Checks at once (default: the number of cores).
     #[arg(long, value_name = "N")]
     jobs: Option<usize>,
+    /// Reference solutions (JSONL of {"name", "body"}, as data/prompts/rl_warmup.solutions.jsonl):
+    /// --warmup-steps supervised steps on them before RL.
+    #[arg(long, value_name = "FILE", requires = "warmup_steps")]
+    warmup: Option<PathBuf>,
+    /// The prompts the --warmup solutions answer (default: --prompts). A set apart from
+    /// --prompts keeps RL learning on prompts whose answers it has never been shown.
+    #[arg(long, value_name = "FILE", requires = "warmup")]
+    warmup_prompts: Option<PathBuf>,
+    /// Supervised warm-up steps (--batch-prompts solutions each, seeded order).
+    #[arg(long, value_name = "N", requires = "warmup")]
+    warmup_steps: Option<usize>,
 }
 
 fn main() -> ExitCode {
@@ -145,6 +165,117 @@ fn policy_engine(policy: &Policy, scratch: &Path) -> Result<InProcess, Failure> 
     Ok(InProcess { engine })
 }
 
+/// Prompt + completion tokens of a correct answer: the body as extracted and the line closing
+/// the function, ending where generation should stop.
+fn answer_sequence(
+    tokenizer: &model::Tokenizer,
+    task: &Task,
+    body: &str,
+    weight: f32,
+) -> Result<WeightedSequence, Failure> {
+    let prompt = tokenizer.encode(&task.prompt).map_err(failed)?;
+    let indent = "    ".repeat(task.depth().saturating_sub(1));
+    let text = format!("{}\n{indent}}}\n", body.trim_end());
+    let completion = tokenizer.encode(&text).map_err(failed)?;
+    let completion_start = prompt.len();
+    let mut tokens = prompt;
+    tokens.extend(completion);
+    Ok(WeightedSequence {
+        tokens,
+        completion_start,
+        weight,
+    })
+}
+
+/// Task indices in a seeded order, reshuffled at each pass over the set.
+struct PromptOrder {
+    rng: SplitMix64,
+    len: usize,
+    pending: Vec<usize>,
+}
+
+impl PromptOrder {
+    fn new(seed: u64, len: usize) -> Self {
+        PromptOrder {
+            rng: SplitMix64::new(seed),
+            len,
+            pending: Vec::new(),
+        }
+    }
+
+    /// The next `n` indices (at most the set's size, never one twice in a batch of a pass).
+    fn batch(&mut self, n: usize) -> Vec<usize> {
+        let mut batch = Vec::new();
+        while batch.len() < n.min(self.len) {
+            if self.pending.is_empty() {
+                self.pending = (0..self.len).collect();
+                for i in (1..self.len).rev() {
+                    self.pending.swap(i, self.rng.below(i as u64 + 1) as usize);
+                }
+            }
+            batch.extend(self.pending.pop());
+        }
+        batch
+    }
+}
+
+/// Supervised steps on the reference solutions of `tasks`; one rl.jsonl line per step.
+#[allow(clippy::too_many_arguments)]
+fn warm_up(
+    cli: &Cli,
+    policy: &mut Policy,
+    tokenizer: &model::Tokenizer,
+    tasks: &[Task],
+    solutions: &FromFile,
+    steps: usize,
+    log: &mut std::fs::File,
+) -> Result<(), Failure> {
+    let solved: Vec<&Task> = tasks
+        .iter()
+        .filter(|t| solutions.completion(&t.name).is_some())
+        .collect();
+    if solved.is_empty() {
+        return Err(usage("--warmup: no solution names a task of the warm-up prompts"));
+    }
+    let mut order = PromptOrder::new(cli.seed ^ 0x5741_524d, solved.len());
+    let started = Instant::now();
+    for step in 1..=steps {
+        let batch = order.batch(cli.batch_prompts);
+        let weight = 1.0 / batch.len() as f32;
+        let sequences = batch
+            .iter()
+            .map(|&i| {
+                let task = solved[i];
+                let completion = solutions.completion(&task.name).unwrap_or_default();
+                // FromFile closes a body with the function's brace; the sequence adds its own.
+                let body = completion
+                    .trim_end()
+                    .strip_suffix('}')
+                    .unwrap_or(completion);
+                answer_sequence(tokenizer, task, body, weight)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let stats = policy
+            .update(&sequences, cli.micro_batch, cli.lr_factor)
+            .map_err(failed)?;
+        let record = serde_json::json!({
+            "phase": "warmup",
+            "step": step,
+            "loss": stats.loss,
+            "nll_per_token": stats.nll_per_token,
+            "trained_sequences": sequences.len(),
+            "elapsed_seconds": started.elapsed().as_secs_f64(),
+        });
+        writeln!(log, "{record}").map_err(|e| failed(format!("rl.jsonl: {e}")))?;
+        eprintln!(
+            "warm-up {step:>3}/{steps}: nll/token {:.3}  {:.0} s",
+            stats.nll_per_token,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
 fn run(cli: &Cli) -> Result<(), Failure> {
     if cli.iterations == 0 || cli.batch_prompts == 0 || cli.samples == 0 || cli.max_tokens == 0 {
         return Err(usage(
@@ -157,6 +288,14 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Estimator::MaxRl
     };
     let tasks = load_prompts(&cli.prompts).map_err(usage)?;
+    let solutions = match &cli.warmup {
+        Some(path) => Some(FromFile::load(path).map_err(usage)?),
+        None => None,
+    };
+    let warmup_tasks = match &cli.warmup_prompts {
+        Some(path) => load_prompts(path).map_err(usage)?,
+        None => tasks.clone(),
+    };
     let heldout = match &cli.heldout {
         Some(path) => Some(load_prompts(path).map_err(usage)?),
         None => None,
@@ -192,21 +331,37 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         );
     }
 
-    // A seeded order of the prompts, reshuffled at each pass.
-    let mut rng = SplitMix64::new(cli.seed);
-    let mut order: Vec<usize> = Vec::new();
     let started = Instant::now();
-    for iteration in 1..=cli.iterations {
-        let mut batch = Vec::new();
-        while batch.len() < cli.batch_prompts.min(tasks.len()) {
-            if order.is_empty() {
-                order = (0..tasks.len()).collect();
-                for i in (1..order.len()).rev() {
-                    order.swap(i, rng.below(i as u64 + 1) as usize);
-                }
-            }
-            batch.push(tasks[order.pop().unwrap_or(0)].clone());
+    let mut after_warmup = None;
+    if let Some(solutions) = &solutions {
+        let steps = cli.warmup_steps.unwrap_or(0);
+        warm_up(
+            cli,
+            &mut policy,
+            &tokenizer,
+            &tasks,
+            solutions,
+            steps,
+            &mut log,
+        )?;
+        if let Some(h) = &heldout {
+            let rates = greedy_rates(&policy, h, scratch.path(), &sandbox, jobs, cli.max_tokens)?;
+            eprintln!(
+                "held-out greedy after the warm-up: compile {:.1} %, success {:.1} %",
+                100.0 * rates.0,
+                100.0 * rates.1
+            );
+            after_warmup = Some(rates);
         }
+    }
+
+    let mut order = PromptOrder::new(cli.seed, tasks.len());
+    for iteration in 1..=cli.iterations {
+        let batch: Vec<Task> = order
+            .batch(cli.batch_prompts)
+            .into_iter()
+            .map(|i| tasks[i].clone())
+            .collect();
         let engine = policy_engine(&policy, scratch.path())?;
         let settings = EvalSettings {
             samples: cli.samples,
@@ -229,26 +384,18 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         let weights = sample_weights(&successes, estimator);
         let mut sequences = Vec::new();
         for (t, task) in batch.iter().enumerate() {
-            let prompt = tokenizer.encode(&task.prompt).map_err(failed)?;
             for (i, sample) in evaluation.samples[t * cli.samples..(t + 1) * cli.samples]
                 .iter()
                 .enumerate()
             {
-                if weights[t][i] == 0.0 {
-                    continue;
+                if weights[t][i] != 0.0 {
+                    sequences.push(answer_sequence(
+                        &tokenizer,
+                        task,
+                        &sample.body,
+                        weights[t][i],
+                    )?);
                 }
-                // The body as extracted and the line closing the function: what a correct
-                // answer looks like, ending where generation should stop.
-                let indent = "    ".repeat(task.depth().saturating_sub(1));
-                let text = format!("{}\n{indent}}}\n", sample.body.trim_end());
-                let completion = tokenizer.encode(&text).map_err(failed)?;
-                let mut tokens = prompt.clone();
-                tokens.extend(completion);
-                sequences.push(WeightedSequence {
-                    tokens,
-                    completion_start: prompt.len(),
-                    weight: weights[t][i],
-                });
             }
         }
         let summary = &evaluation.summary;
@@ -264,6 +411,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             )
         };
         let record = serde_json::json!({
+            "phase": "rl",
             "iteration": iteration,
             "estimator": cli.estimator,
             "samples": summary.samples,
@@ -309,13 +457,18 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         "temperature": cli.temperature,
         "lr_factor": cli.lr_factor,
         "seed": cli.seed,
+        "warmup": cli.warmup.as_ref().map(|p| p.display().to_string()),
+        "warmup_prompts": cli.warmup_prompts.as_ref().map(|p| p.display().to_string()),
+        "warmup_steps": cli.warmup_steps,
     });
     policy.save(&cli.out, rl.clone()).map_err(failed)?;
     let summary = serde_json::json!({
         "run": rl,
         "heldout_greedy_compile_rate_before": before.map(|b| b.0),
+        "heldout_greedy_compile_rate_after_warmup": after_warmup.map(|w| w.0),
         "heldout_greedy_compile_rate_after": after.map(|a| a.0),
         "heldout_greedy_success_rate_before": before.map(|b| b.1),
+        "heldout_greedy_success_rate_after_warmup": after_warmup.map(|w| w.1),
         "heldout_greedy_success_rate_after": after.map(|a| a.1),
         "seconds": started.elapsed().as_secs_f64(),
     });
