@@ -448,9 +448,9 @@ fn maxrl_warms_up_then_learns_from_the_samples_that_compile() {
     #[rustfmt::skip]
     let args = [
         "--checkpoint", s(&ckpt), "--prompts", s(&prompts), "--heldout", s(&heldout),
-        "--out", s(&out), "--warmup", s(&solutions), "--warmup-steps", "30",
+        "--out", s(&out), "--warmup", s(&solutions), "--warmup-steps", "150",
         "--iterations", "2", "--batch-prompts", "2", "--samples", "4", "--temperature", "0.5",
-        "--max-tokens", "12", "--lr-factor", "1", "--seed", "5",
+        "--max-tokens", "12", "--lr-factor", "2", "--seed", "5",
     ];
     run_ok("maxrl", &args);
 
@@ -460,9 +460,9 @@ fn maxrl_warms_up_then_learns_from_the_samples_that_compile() {
         .filter(|r| r["phase"] == "warmup")
         .map(|r| r["nll_per_token"].as_f64().unwrap())
         .collect();
-    assert_eq!(warmup.len(), 30);
+    assert_eq!(warmup.len(), 150);
     assert!(
-        warmup[29] < 0.25 * warmup[0],
+        warmup[149] < 0.25 * warmup[0],
         "the warm-up learns the solutions: {warmup:?}"
     );
     let iterations: Vec<&Json> = log.iter().filter(|r| r["phase"] == "rl").collect();
