@@ -419,7 +419,8 @@ fn jsonl(path: &Path) -> Vec<Json> {
 /// maxrl end to end on a checkpoint train wrote: the supervised warm-up on reference solutions
 /// lowers their loss; after it the sampled completions compile (real rustc), so RL iterations get
 /// rewards and train on them; the summary holds the held-out rates; the output is a checkpoint
-/// that quantize-export reads. A warm-up file without its step count is bad usage.
+/// that quantize-export reads. A warm-up file without its step count, or warm-up prompts that
+/// its solutions do not answer, is bad usage.
 #[test]
 fn maxrl_warms_up_then_learns_from_the_samples_that_compile() {
     let dir = tempfile::tempdir().unwrap();
@@ -505,4 +506,24 @@ fn maxrl_warms_up_then_learns_from_the_samples_that_compile() {
         ],
     );
     assert_eq!(code, 2, "{stderr}");
+    // Warm-up prompts that none of the solutions answer (the RL prompts still do).
+    let (code, _, stderr) = run(
+        "maxrl",
+        &[
+            "--checkpoint",
+            s(&ckpt),
+            "--prompts",
+            s(&prompts),
+            "--out",
+            s(&dir.path().join("bad")),
+            "--warmup",
+            s(&solutions),
+            "--warmup-steps",
+            "1",
+            "--warmup-prompts",
+            s(&heldout),
+        ],
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("no solution names a task"), "{stderr}");
 }

@@ -235,7 +235,9 @@ fn warm_up(
         .filter(|t| solutions.completion(&t.name).is_some())
         .collect();
     if solved.is_empty() {
-        return Err(usage("--warmup: no solution names a task of the warm-up prompts"));
+        return Err(usage(
+            "--warmup: no solution names a task of the warm-up prompts",
+        ));
     }
     let mut order = PromptOrder::new(cli.seed ^ 0x5741_524d, solved.len());
     let started = Instant::now();
@@ -339,7 +341,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             cli,
             &mut policy,
             &tokenizer,
-            &tasks,
+            &warmup_tasks,
             solutions,
             steps,
             &mut log,
