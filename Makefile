@@ -84,7 +84,8 @@ BENCHMARKS_DIR ?= ../shared/benchmarks
 HUMANEVAL_RS ?=
 HELDOUT_PROMPTS := data/prompts/rust_tasks.jsonl
 RL_PROMPTS := data/prompts/rl_train.jsonl
-RL_WARMUP := data/prompts/rl_train.solutions.jsonl
+RL_WARMUP_PROMPTS := data/prompts/rl_warmup.jsonl
+RL_WARMUP := data/prompts/rl_warmup.solutions.jsonl
 EVAL_SETS := $(filter-out %.solutions.jsonl,$(wildcard data/prompts/*.jsonl)) \
 	$(wildcard $(BENCHMARKS_DIR)/*.jsonl) $(HUMANEVAL_RS)
 
@@ -176,19 +177,22 @@ $(RUN)/report.md: $(REPORT_INPUTS)
 	mv $@.tmp $@
 	@echo "report card: $@"
 
-# Reinforcement from compiler feedback on the trained checkpoint: learn on the RL prompt set,
-# greedy compile rate on the held-out set before and after, then the improved model's GGUF,
+# Reinforcement from compiler feedback on the trained checkpoint: a supervised warm-up on the
+# warm-up set's solutions (RL_WARMUP_STEPS), then RL on the RL prompt set from the model's own
+# samples; greedy compile rate on the held-out set before, after the warm-up and after RL, then the improved model's GGUF,
 # its eval-compile figures, and the report card again with an RL section.
 rl: $(RUN)/rl/eval.json
 	python3 scripts/report.py --run $(RUN) --pipeline $(PIPELINE_FILE) > $(RUN)/report.md.tmp
 	mv $(RUN)/report.md.tmp $(RUN)/report.md
 	@echo "report card: $(RUN)/report.md"
 
-$(RUN)/rl/summary.json: $(RUN)/train.done $(RL_PROMPTS) $(RL_WARMUP) $(HELDOUT_PROMPTS) | build
+$(RUN)/rl/summary.json: $(RUN)/train.done $(RL_PROMPTS) $(RL_WARMUP_PROMPTS) $(RL_WARMUP) \
+		$(HELDOUT_PROMPTS) | build
 	$(BIN)/maxrl --checkpoint $(RUN)/ckpt --prompts $(RL_PROMPTS) --heldout $(HELDOUT_PROMPTS) \
 		--out $(RUN)/rl --iterations $(RL_ITERATIONS) --batch-prompts $(RL_BATCH_PROMPTS) \
 		--samples $(RL_SAMPLES) --estimator $(RL_ESTIMATOR) --seed 1 \
-		$(if $(filter-out 0,$(RL_WARMUP_STEPS)),--warmup $(RL_WARMUP) --warmup-steps $(RL_WARMUP_STEPS))
+		$(if $(filter-out 0,$(RL_WARMUP_STEPS)),--warmup-prompts $(RL_WARMUP_PROMPTS) \
+			--warmup $(RL_WARMUP) --warmup-steps $(RL_WARMUP_STEPS))
 
 $(RUN)/rl/model.gguf: $(RUN)/rl/summary.json | build
 	$(BIN)/quantize-export --checkpoint $(RUN)/rl --out $@ --json > $(RUN)/rl/export.json.tmp

@@ -29,9 +29,9 @@ EVAL_SAMPLES := 4
 EVAL_TEMPERATURE := 0.8
 EVAL_MAX_TOKENS := 128
 
-# maxrl (make rl): supervised warm-up steps on the RL prompts' reference solutions (0 = none),
+# maxrl (make rl): supervised warm-up steps on data/prompts/rl_warmup's solutions (0 = none),
 # iterations, prompts per iteration, samples per prompt, estimator (maxrl | rft).
-RL_WARMUP_STEPS := 40
+RL_WARMUP_STEPS := 120
 RL_ITERATIONS := 20
 RL_BATCH_PROMPTS := 16
 RL_SAMPLES := 8
