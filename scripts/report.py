@@ -172,8 +172,9 @@ def rl_section(run):
              f"{r['estimator']}, {r['iterations']} iterations of {r['batch_prompts']} prompts x {r['samples']} samples, "
              f"temperature {r['temperature']}, {summary['seconds'] / 60:.1f} min.", ""]
     if r.get("warmup"):
-        lines.append(f"- Warm-up: {r['warmup_steps']} supervised steps on `{r['warmup']}` (solutions of the RL "
-                     "prompts; the held-out prompts are never trained on).")
+        lines.append(f"- Warm-up: {r['warmup_steps']} supervised steps on `{r['warmup']}` (reference solutions of "
+                     f"`{r.get('warmup_prompts') or 'the RL prompts'}`); RL learns from its own samples only, and the "
+                     "held-out prompts are never trained on.")
     lines.append(f"- Held-out greedy compile rate: {pct(summary['heldout_greedy_compile_rate_before'])} before"
                  + (f", {pct(summary.get('heldout_greedy_compile_rate_after_warmup'))} after the warm-up"
                     if r.get("warmup") else "")
