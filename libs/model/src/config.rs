@@ -11,8 +11,6 @@ use ternary::{groups_for, trit, GROUP_SIZE};
 
 /// Rows of planar weights are padded to this many (libs/ternary's row tile).
 const PLANAR_ROW_TILE: usize = 8;
-/// Planar code rows are padded to this many bytes.
-const PLANAR_ROW_ALIGN: usize = 128;
 
 /// Mixture-of-experts shape of the FFN (presets moe-25b and moe-80b). The inference model of this
 /// crate runs dense models only; MoE presets exist for their sizes.
@@ -311,12 +309,10 @@ impl ModelConfig {
             .iter()
             .map(|(_, rows, cols)| {
                 let tiles = rows.div_ceil(PLANAR_ROW_TILE);
-                let code_stride = (groups_for(*cols) * GROUP_SIZE / 4).div_ceil(PLANAR_ROW_ALIGN)
-                    * PLANAR_ROW_ALIGN;
-                // Scales: per tile of 8 rows, 8 per group, padded to whole 128-byte lines.
-                let tile_floats = (PLANAR_ROW_TILE * groups_for(*cols))
-                    .div_ceil(PLANAR_ROW_ALIGN / 4)
-                    * (PLANAR_ROW_ALIGN / 4);
+                // Codes: 32 bytes per group of 128 weights, rows contiguous; scales: one f32
+                // per row and group.
+                let code_stride = groups_for(*cols) * GROUP_SIZE / 4;
+                let tile_floats = PLANAR_ROW_TILE * groups_for(*cols);
                 (tiles * PLANAR_ROW_TILE * code_stride + 4 * tiles * tile_floats) as u64
             })
             .sum();

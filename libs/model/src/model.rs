@@ -354,17 +354,24 @@ impl Model {
             let len = pos_of[r] + 1;
             let (keys, values) = cache.layer(layer, len);
             let q_row = &qkv[r * (c + 2 * kv)..r * (c + 2 * kv) + c];
-            let mut weights = vec![0.0f32; len];
-            for (head, out_head) in out_row.chunks_exact_mut(d).enumerate() {
-                let head = HeadView {
-                    q: &q_row[head * d..(head + 1) * d],
+            let mut weights = vec![0.0f32; group * len];
+            // The query heads sharing a key/value head are adjacent: each key and value row is
+            // read once for all of them.
+            for (kv_head, (out_group, queries)) in out_row
+                .chunks_exact_mut(group * d)
+                .zip(q_row.chunks_exact(group * d))
+                .enumerate()
+            {
+                let view = GroupView {
+                    queries,
+                    head_dim: d,
                     keys,
                     values,
                     stride: kv,
-                    offset: (head / group) * d,
+                    offset: kv_head * d,
                     scale,
                 };
-                attend(&head, &mut weights, out_head);
+                attend(&view, &mut weights, out_group);
             }
         };
         // Parallel across rows once there is enough work to pay for the split.
@@ -377,10 +384,12 @@ impl Model {
     }
 }
 
-/// One query head against its key/value head: key t of the head is
-/// `keys[t·stride + offset ..][..d]`, likewise the values.
-struct HeadView<'a> {
-    q: &'a [f32],
+/// The query heads of one key/value head (grouped-query attention): `queries` holds them one
+/// after the other, `head_dim` each; key t of the head is `keys[t·stride + offset ..][..head_dim]`,
+/// likewise the values.
+struct GroupView<'a> {
+    queries: &'a [f32],
+    head_dim: usize,
     keys: &'a [f32],
     values: &'a [f32],
     stride: usize,
@@ -388,46 +397,60 @@ struct HeadView<'a> {
     scale: f32,
 }
 
-/// `out = softmax(q·kᵀ · scale) · v` over every position of the head (`weights.len()` of them).
-fn attend(head: &HeadView<'_>, weights: &mut [f32], out: &mut [f32]) {
+/// `out_h = softmax(q_h·kᵀ · scale) · v` for every query head h of the group, over every position
+/// (`weights.len() / heads` of them); `out` holds the heads' outputs one after the other.
+fn attend(group: &GroupView<'_>, weights: &mut [f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports AVX2 (checked just above); the function is safe code compiled
         // with AVX2 enabled.
-        return unsafe { attend_avx2(head, weights, out) };
+        return unsafe { attend_avx2(group, weights, out) };
     }
-    attend_portable(head, weights, out)
+    attend_portable(group, weights, out)
 }
 
 /// [`attend_portable`] compiled for AVX2 (8-wide vectors for the dot products and the weighted
 /// sum; the same operations in the same order, so the same results as without).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn attend_avx2(head: &HeadView<'_>, weights: &mut [f32], out: &mut [f32]) {
-    attend_portable(head, weights, out)
+unsafe fn attend_avx2(group: &GroupView<'_>, weights: &mut [f32], out: &mut [f32]) {
+    attend_portable(group, weights, out)
 }
 
+/// Per head the operations and their order are those of one head alone (scores in position
+/// order, max, exp, sum, then the weighted sum of values in position order), so grouping the
+/// heads changes no bit; it only reads each key and value row once for the whole group.
 #[inline(always)]
-fn attend_portable(head: &HeadView<'_>, weights: &mut [f32], out: &mut [f32]) {
-    let d = out.len();
-    let mut max = f32::NEG_INFINITY;
-    for (t, w) in weights.iter_mut().enumerate() {
-        let k = &head.keys[t * head.stride + head.offset..][..d];
-        *w = dot(head.q, k) * head.scale;
-        max = max.max(*w);
+fn attend_portable(group: &GroupView<'_>, weights: &mut [f32], out: &mut [f32]) {
+    let d = group.head_dim;
+    let heads = group.queries.len() / d;
+    let len = weights.len() / heads;
+    for t in 0..len {
+        let k = &group.keys[t * group.stride + group.offset..][..d];
+        for (h, q) in group.queries.chunks_exact(d).enumerate() {
+            weights[h * len + t] = dot(q, k) * group.scale;
+        }
     }
-    let mut sum = 0.0f32;
-    for w in weights.iter_mut() {
-        *w = (*w - max).exp();
-        sum += *w;
+    for scores in weights.chunks_exact_mut(len) {
+        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &w| m.max(w));
+        let mut sum = 0.0f32;
+        for w in scores.iter_mut() {
+            *w = (*w - max).exp();
+            sum += *w;
+        }
+        let inv = 1.0 / sum;
+        for w in scores.iter_mut() {
+            *w *= inv;
+        }
     }
-    let inv = 1.0 / sum;
     out.fill(0.0);
-    for (t, &w) in weights.iter().enumerate() {
-        let p = w * inv;
-        let v = &head.values[t * head.stride + head.offset..][..d];
-        for (o, &vv) in out.iter_mut().zip(v) {
-            *o += p * vv;
+    for t in 0..len {
+        let v = &group.values[t * group.stride + group.offset..][..d];
+        for (h, out_head) in out.chunks_exact_mut(d).enumerate() {
+            let p = weights[h * len + t];
+            for (o, &vv) in out_head.iter_mut().zip(v) {
+                *o += p * vv;
+            }
         }
     }
 }

@@ -30,9 +30,9 @@
 /* The weights of one matrix, as laid out by PlanarWeights. */
 typedef struct {
     const uint8_t *codes;     /* row r, group g at codes + r * code_row_stride + g * 32 */
-    size_t code_row_stride;   /* bytes, multiple of 128 */
+    size_t code_row_stride;   /* bytes: groups * 32 (rows contiguous) */
     const float *scales;      /* tile t at scales + t * scale_tile_stride, then [group][row % 8] */
-    size_t scale_tile_stride; /* floats, multiple of 32 */
+    size_t scale_tile_stride; /* floats: groups * 8 */
     size_t groups;            /* groups per row (cols rounded up to 128) */
 } ntk_weights;
 

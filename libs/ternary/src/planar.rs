@@ -4,13 +4,14 @@
 //! Layout (documented in docs/formats.md):
 //! - Rows are padded to a multiple of [`ROW_TILE`] (padding rows have zero codes and zero scales), so
 //!   SIMD kernels always work on whole tiles of 8 rows.
-//! - `codes`: row `r` starts at `r * code_row_stride` (a multiple of 128 bytes, so every row starts
-//!   aligned); group `g` of the row takes the 32 bytes at `g * 32`. Inside a group, byte `i` holds
+//! - `codes`: row `r` starts at `r * code_row_stride` (`groups * 32` bytes: rows are contiguous,
+//!   with no padding between them, so a tile streams as one run of memory; every group starts
+//!   32-byte aligned, all a kernel load needs); group `g` of the row takes the 32 bytes at `g * 32`. Inside a group, byte `i` holds
 //!   weights `i`, `i + 32`, `i + 64`, `i + 96` of the group at bits 0, 2, 4, 6 (BitNet codes): one
 //!   32-byte load plus a shift and masks gives four 32-lane vectors of consecutive weights. Weights
 //!   past `cols` in the last group have code 00.
 //! - `scales`: one f32 per (row, group), tile-interleaved: tile `t = r / 8` starts at
-//!   `t * scale_tile_stride` (a multiple of 32 floats = 128 bytes), and inside it the scale of row
+//!   `t * scale_tile_stride` (`groups * 8` floats, a multiple of 32 bytes), and inside it the scale of row
 //!   `r` for group `g` is at `g * 8 + r % 8`: one aligned 32-byte load gives group `g` of 8 rows.
 //!
 //! The file form (GGUF) is different: row-major packed codes, weight `j` in byte `j / 4` at bits
@@ -22,9 +23,6 @@ use crate::{groups_for, quant, GROUP_CODE_BYTES, GROUP_SIZE};
 
 /// Rows processed together by the SIMD kernels; row counts are padded to a multiple of it.
 pub const ROW_TILE: usize = 8;
-
-/// Floats per 128 bytes.
-const FLOATS_PER_LINE: usize = crate::ALIGNMENT / 4;
 
 /// Why weights could not be built.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -105,8 +103,11 @@ impl PlanarWeights {
             return Err(PlanarError::EmptyShape { rows, cols });
         }
         let groups = groups_for(cols);
-        let code_row_stride = (groups * GROUP_CODE_BYTES).next_multiple_of(crate::ALIGNMENT);
-        let scale_tile_stride = (groups * ROW_TILE).next_multiple_of(FLOATS_PER_LINE);
+        // No padding between rows or tiles: a row of 768 weights padded to 128 bytes took 256
+        // bytes for 192 of codes, and the holes cost decode (which streams every weight from
+        // memory) a quarter of its bandwidth. Group starts stay 32-byte aligned.
+        let code_row_stride = groups * GROUP_CODE_BYTES;
+        let scale_tile_stride = groups * ROW_TILE;
         let tiles = rows.div_ceil(ROW_TILE);
         Ok(Self {
             rows,
@@ -244,7 +245,7 @@ impl PlanarWeights {
         self.rows.next_multiple_of(ROW_TILE)
     }
 
-    /// Bytes from one row's codes to the next (a multiple of 128).
+    /// Bytes from one row's codes to the next (`groups * 32`).
     pub fn code_row_stride(&self) -> usize {
         self.code_row_stride
     }
@@ -322,14 +323,17 @@ mod tests {
     }
 
     #[test]
-    fn buffers_are_aligned_and_rows_start_aligned() {
+    fn buffers_are_aligned_and_rows_are_contiguous() {
         for (rows, cols) in [(1, 1), (3, 130), (9, 4096), (17, 11008), (8, 200)] {
             let (values, scales) = trits_and_scales(rows, cols, 1);
             let w = PlanarWeights::from_trits(rows, cols, &values, &scales).unwrap();
             assert_eq!(w.codes().as_ptr() as usize % crate::ALIGNMENT, 0);
             assert_eq!(w.scales().as_ptr() as usize % crate::ALIGNMENT, 0);
-            assert_eq!(w.code_row_stride() % crate::ALIGNMENT, 0);
-            assert_eq!(w.scale_tile_stride() % FLOATS_PER_LINE, 0);
+            assert_eq!(w.code_row_stride(), w.groups() * GROUP_CODE_BYTES);
+            assert_eq!(w.scale_tile_stride(), w.groups() * ROW_TILE);
+            // Every group of every row, and every tile's scales, start 32-byte aligned.
+            assert_eq!(w.code_row_stride() % 32, 0);
+            assert_eq!((w.scale_tile_stride() * 4) % 32, 0);
             assert_eq!(w.codes().len(), w.padded_rows() * w.code_row_stride());
         }
     }
