@@ -384,6 +384,11 @@ impl Model {
     }
 }
 
+/// Attention weights below this are dropped (2^-100 ≈ 7.9e-31).
+const NEGLIGIBLE_WEIGHT: f32 = 7.888_609e-31;
+/// ln(2^-100): scores this far below the maximum give a weight under [`NEGLIGIBLE_WEIGHT`].
+const NEGLIGIBLE_EXPONENT: f32 = -69.314_72;
+
 /// The query heads of one key/value head (grouped-query attention): `queries` holds them one
 /// after the other, `head_dim` each; key t of the head is `keys[t·stride + offset ..][..head_dim]`,
 /// likewise the values.
@@ -435,12 +440,22 @@ fn attend_portable(group: &GroupView<'_>, weights: &mut [f32], out: &mut [f32]) 
         let max = scores.iter().fold(f32::NEG_INFINITY, |m, &w| m.max(w));
         let mut sum = 0.0f32;
         for w in scores.iter_mut() {
-            *w = (*w - max).exp();
+            let x = *w - max;
+            // exp(x) < 2^-100 (and subnormal below -87): dropped without computing it.
+            *w = if x < NEGLIGIBLE_EXPONENT {
+                0.0
+            } else {
+                x.exp()
+            };
             sum += *w;
         }
         let inv = 1.0 / sum;
         for w in scores.iter_mut() {
-            *w *= inv;
+            // A weight under 2^-100 of the largest adds nothing an f32 output can hold, but
+            // as a subnormal (or making the products p·v subnormal) it costs every multiply a
+            // microcode assist, which made attention the slowest part of decoding.
+            let p = *w * inv;
+            *w = if p < NEGLIGIBLE_WEIGHT { 0.0 } else { p };
         }
     }
     out.fill(0.0);
@@ -448,6 +463,9 @@ fn attend_portable(group: &GroupView<'_>, weights: &mut [f32], out: &mut [f32]) 
         let v = &group.values[t * group.stride + group.offset..][..d];
         for (h, out_head) in out.chunks_exact_mut(d).enumerate() {
             let p = weights[h * len + t];
+            if p == 0.0 {
+                continue;
+            }
             for (o, &vv) in out_head.iter_mut().zip(v) {
                 *o += p * vv;
             }
@@ -531,6 +549,71 @@ mod tests {
             assert!((n(hx) - n(hy)).abs() < 1e-3);
         }
         assert_ne!(x, y);
+    }
+
+    /// Grouped attention against a plain f64 softmax per head, on scores spread far enough that
+    /// most weights fall under the dropping threshold for one head and none for the other.
+    #[test]
+    fn grouped_attention_matches_a_plain_softmax_per_head() {
+        let (d, len, kv_heads, stride) = (8, 37, 2, 16);
+        let value = |i: usize| ((i * 7919 % 101) as f32 - 50.0) / 25.0;
+        let keys: Vec<f32> = (0..len * stride).map(value).collect();
+        let values: Vec<f32> = (0..len * stride).map(|i| value(i + 13)).collect();
+        // Head 0: sharp (scores over a range of hundreds), head 1: soft.
+        let queries: Vec<f32> = (0..2 * d)
+            .map(|i| {
+                if i < d {
+                    40.0 * value(i + 3)
+                } else {
+                    0.1 * value(i + 5)
+                }
+            })
+            .collect();
+        let scale = 1.0 / (d as f32).sqrt();
+        for kv_head in 0..kv_heads {
+            let view = GroupView {
+                queries: &queries,
+                head_dim: d,
+                keys: &keys,
+                values: &values,
+                stride,
+                offset: kv_head * d,
+                scale,
+            };
+            let mut weights = vec![0.0; 2 * len];
+            let mut out = vec![0.0; 2 * d];
+            attend(&view, &mut weights, &mut out);
+            for h in 0..2 {
+                let q = &queries[h * d..(h + 1) * d];
+                let scores: Vec<f64> = (0..len)
+                    .map(|t| {
+                        let k = &keys[t * stride + kv_head * d..][..d];
+                        q.iter().zip(k).map(|(a, b)| (*a * *b) as f64).sum::<f64>() * scale as f64
+                    })
+                    .collect();
+                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let exps: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                let sum: f64 = exps.iter().sum();
+                for i in 0..d {
+                    let expected: f64 = (0..len)
+                        .map(|t| exps[t] / sum * values[t * stride + kv_head * d + i] as f64)
+                        .sum();
+                    let got = out[h * d + i] as f64;
+                    assert!(
+                        (got - expected).abs() < 1e-5,
+                        "head {h} channel {i}: {got} vs {expected}"
+                    );
+                }
+            }
+            assert!(
+                weights[..len].iter().filter(|&&w| w == 0.0).count() > len / 2,
+                "sharp head drops weights"
+            );
+            assert!(
+                weights[len..].iter().all(|&w| w > 0.0),
+                "soft head keeps every weight"
+            );
+        }
     }
 
     #[test]
