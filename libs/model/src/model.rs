@@ -349,37 +349,34 @@ impl Model {
         let (c, kv, d) = (cfg.dim, cfg.kv_dim(), cfg.head_dim());
         let group = cfg.n_heads / cfg.n_kv_heads;
         let scale = 1.0 / (d as f32).sqrt();
-        let work = |(r, out_row): (usize, &mut [f32])| {
+        let kv_heads = cfg.n_kv_heads;
+        // One task per (row, key/value head): the query heads sharing a key/value head are
+        // adjacent, so each key and value row is read once for all of them, and a single
+        // decoding sequence still splits across threads.
+        let work = |(task, out_group): (usize, &mut [f32])| {
+            let (r, kv_head) = (task / kv_heads, task % kv_heads);
             let cache = &batch[seq_of[r]].cache;
             let len = pos_of[r] + 1;
             let (keys, values) = cache.layer(layer, len);
             let q_row = &qkv[r * (c + 2 * kv)..r * (c + 2 * kv) + c];
             let mut weights = vec![0.0f32; group * len];
-            // The query heads sharing a key/value head are adjacent: each key and value row is
-            // read once for all of them.
-            for (kv_head, (out_group, queries)) in out_row
-                .chunks_exact_mut(group * d)
-                .zip(q_row.chunks_exact(group * d))
-                .enumerate()
-            {
-                let view = GroupView {
-                    queries,
-                    head_dim: d,
-                    keys,
-                    values,
-                    stride: kv,
-                    offset: kv_head * d,
-                    scale,
-                };
-                attend(&view, &mut weights, out_group);
-            }
+            let view = GroupView {
+                queries: &q_row[kv_head * group * d..(kv_head + 1) * group * d],
+                head_dim: d,
+                keys,
+                values,
+                stride: kv,
+                offset: kv_head * d,
+                scale,
+            };
+            attend(&view, &mut weights, out_group);
         };
-        // Parallel across rows once there is enough work to pay for the split.
+        // Parallel once there is enough work to pay for the split.
         let total: usize = pos_of.iter().map(|p| p + 1).sum::<usize>() * c;
         if total >= 1 << 16 && rayon::current_num_threads() > 1 {
-            out.par_chunks_exact_mut(c).enumerate().for_each(work);
+            out.par_chunks_exact_mut(group * d).enumerate().for_each(work);
         } else {
-            out.chunks_exact_mut(c).enumerate().for_each(work);
+            out.chunks_exact_mut(group * d).enumerate().for_each(work);
         }
     }
 }
