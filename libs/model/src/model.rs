@@ -374,7 +374,9 @@ impl Model {
         // Parallel once there is enough work to pay for the split.
         let total: usize = pos_of.iter().map(|p| p + 1).sum::<usize>() * c;
         if total >= 1 << 16 && rayon::current_num_threads() > 1 {
-            out.par_chunks_exact_mut(group * d).enumerate().for_each(work);
+            out.par_chunks_exact_mut(group * d)
+                .enumerate()
+                .for_each(work);
         } else {
             out.chunks_exact_mut(group * d).enumerate().for_each(work);
         }

@@ -389,6 +389,64 @@ NTK_AVX512VNNI static inline __m512i pair_sum_vnni(__m512i c0, __m512i c1, __m51
 NTK_DEFINE_GEMV_AVX512(ntk_gemv_i2p_i8_avx512bw, NTK_AVX512BW, pair_sum_bw)
 NTK_DEFINE_GEMV_AVX512(ntk_gemv_i2p_i8_avx512vnni, NTK_AVX512VNNI, pair_sum_vnni)
 
+/* GEMM: per tile and group, the four row pairs' c vectors are decoded once (16 registers) and
+ * reused for every activation vector, whose sums are those of the GEMV above (same reduction, same
+ * FMA chain per vector), so every output is the GEMV's, bit for bit. */
+#define NTK_DEFINE_GEMM_AVX512(NAME, ATTR, PAIR_SUM)                                              \
+    ATTR void NAME(const ntk_weights *w, const ntk_acts *a, size_t row_begin, size_t row_count,     \
+                   float *y, size_t y_stride) {                                                     \
+        const __m512i lut_lo = _mm512_broadcast_i32x4(_mm_setr_epi8(NTK_C_LO));                   \
+        const __m512i lut_hi = _mm512_broadcast_i32x4(_mm_setr_epi8(NTK_C_HI));                   \
+        const __m512i nibble = _mm512_set1_epi8(0x0F);                                             \
+        const size_t stride = w->code_row_stride;                                                  \
+        for (size_t i = 0; i < row_count; i += NTK_TILE) {                                         \
+            size_t row = row_begin + i;                                                            \
+            size_t count = row_count - i < NTK_TILE ? row_count - i : NTK_TILE;                    \
+            const uint8_t *codes = w->codes + row * stride;                                        \
+            const float *scales = w->scales + (row / NTK_TILE) * w->scale_tile_stride;             \
+            __m256 acc[NTK_MAX_BATCH];                                                             \
+            for (size_t b = 0; b < a->batch; b++) acc[b] = _mm256_setzero_ps();                    \
+            for (size_t g = 0; g < w->groups; g++) {                                               \
+                __m512i c[4][4];                                                                   \
+                for (int r = 0; r < 4; r++) {                                                      \
+                    __m512i v = load_row_pair(codes + r * stride + g * NTK_GROUP_BYTES, stride);   \
+                    __m512i lo = _mm512_and_si512(v, nibble);                                      \
+                    __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);                \
+                    c[r][0] = _mm512_shuffle_epi8(lut_lo, lo);                                     \
+                    c[r][1] = _mm512_shuffle_epi8(lut_hi, lo);                                     \
+                    c[r][2] = _mm512_shuffle_epi8(lut_lo, hi);                                     \
+                    c[r][3] = _mm512_shuffle_epi8(lut_hi, hi);                                     \
+                }                                                                                  \
+                __m256 group_scales = _mm256_load_ps(scales + g * NTK_TILE);                       \
+                for (size_t b = 0; b < a->batch; b++) {                                            \
+                    const int8_t *xg = a->x + b * a->x_stride + g * NTK_GROUP;                     \
+                    __m512i x0 = _mm512_broadcast_i64x4(_mm256_load_si256((const __m256i *)xg));   \
+                    __m512i x1 =                                                                   \
+                        _mm512_broadcast_i64x4(_mm256_load_si256((const __m256i *)(xg + 32)));     \
+                    __m512i x2 =                                                                   \
+                        _mm512_broadcast_i64x4(_mm256_load_si256((const __m256i *)(xg + 64)));     \
+                    __m512i x3 =                                                                   \
+                        _mm512_broadcast_i64x4(_mm256_load_si256((const __m256i *)(xg + 96)));     \
+                    __m256i s[8];                                                                  \
+                    for (int r = 0; r < 4; r++)                                                    \
+                        split_pair(PAIR_SUM(c[r][0], c[r][1], c[r][2], c[r][3], x0, x1, x2, x3),   \
+                                   &s[r], &s[r + 4]);                                              \
+                    __m256i dots = _mm256_sub_epi32(reduce8_epi32(s),                              \
+                                                    _mm256_set1_epi32(a->x_sums[b * w->groups + g])); \
+                    acc[b] = _mm256_fmadd_ps(group_scales, _mm256_cvtepi32_ps(dots), acc[b]);      \
+                }                                                                                  \
+            }                                                                                      \
+            for (size_t b = 0; b < a->batch; b++) {                                                \
+                float out[NTK_TILE];                                                               \
+                _mm256_storeu_ps(out, _mm256_mul_ps(acc[b], _mm256_set1_ps(a->act_scales[b])));    \
+                for (size_t r = 0; r < count; r++) y[b * y_stride + i + r] = out[r];              \
+            }                                                                                      \
+        }                                                                                          \
+    }
+
+NTK_DEFINE_GEMM_AVX512(ntk_gemm_i2p_i8_avx512bw, NTK_AVX512BW, pair_sum_bw)
+NTK_DEFINE_GEMM_AVX512(ntk_gemm_i2p_i8_avx512vnni, NTK_AVX512VNNI, pair_sum_vnni)
+
 int ntk_has_x86_kernels(void) { return 1; }
 #else
 int ntk_has_x86_kernels(void) { return 0; }

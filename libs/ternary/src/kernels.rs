@@ -370,8 +370,16 @@ unsafe fn run_rows(
                 ffi::ntk_gemv_i2p_i8_avx512vnni(wp, ap, row_begin, row_count, y.0)
             }
             #[cfg(target_arch = "x86_64")]
-            (Kernel::Avx2 | Kernel::Avx512Bw | Kernel::Avx512Vnni, _) => {
+            (Kernel::Avx2, _) => {
                 ffi::ntk_gemm_i2p_i8_avx2(wp, ap, row_begin, row_count, y.0, y_stride)
+            }
+            #[cfg(target_arch = "x86_64")]
+            (Kernel::Avx512Bw, _) => {
+                ffi::ntk_gemm_i2p_i8_avx512bw(wp, ap, row_begin, row_count, y.0, y_stride)
+            }
+            #[cfg(target_arch = "x86_64")]
+            (Kernel::Avx512Vnni, _) => {
+                ffi::ntk_gemm_i2p_i8_avx512vnni(wp, ap, row_begin, row_count, y.0, y_stride)
             }
             #[cfg(feature = "fault-injection")]
             (Kernel::Faulty, _) => {
@@ -542,6 +550,22 @@ mod ffi {
             y: *mut f32,
         );
         pub fn ntk_gemm_i2p_i8_avx2(
+            w: *const NtkWeights,
+            a: *const NtkActs,
+            row_begin: usize,
+            row_count: usize,
+            y: *mut f32,
+            y_stride: usize,
+        );
+        pub fn ntk_gemm_i2p_i8_avx512bw(
+            w: *const NtkWeights,
+            a: *const NtkActs,
+            row_begin: usize,
+            row_count: usize,
+            y: *mut f32,
+            y_stride: usize,
+        );
+        pub fn ntk_gemm_i2p_i8_avx512vnni(
             w: *const NtkWeights,
             a: *const NtkActs,
             row_begin: usize,
