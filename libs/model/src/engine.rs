@@ -321,7 +321,11 @@ impl Scheduler {
             }
             self.admit();
             if !self.running.is_empty() {
-                self.step();
+                // The forward pass runs on a worker of the rayon pool: its dozens of parallel
+                // kernel calls per token then split with cheap joins, instead of each being
+                // injected from this thread and waited for through a lock (which cost half of
+                // a single stream's decode speed).
+                rayon::scope(|_| self.step());
             }
             self.shared
                 .active
