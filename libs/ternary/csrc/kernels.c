@@ -307,23 +307,21 @@ NTK_AVX512BW static inline __m512i load_row_pair(const uint8_t *group_codes, siz
     return _mm512_inserti64x4(_mm512_castsi256_si512(low), high, 1);
 }
 
-/* Eight int32 partial sums of row r (low 256 bits) and row r + 4 (high) -> lanes of two rows. */
-NTK_AVX512BW static inline void split_pair(__m512i pair, __m256i *low, __m256i *high) {
-    *low = _mm512_castsi512_si256(pair);
-    *high = _mm512_extracti64x4_epi64(pair, 1);
-}
-
-/* Horizontal sums of 8 vectors of 8 int32 into one vector, lane r = sum of s[r]. */
-NTK_AVX512BW static inline __m256i reduce8_epi32(const __m256i s[8]) {
-    __m256i h01 = _mm256_hadd_epi32(s[0], s[1]);
-    __m256i h23 = _mm256_hadd_epi32(s[2], s[3]);
-    __m256i h45 = _mm256_hadd_epi32(s[4], s[5]);
-    __m256i h67 = _mm256_hadd_epi32(s[6], s[7]);
-    __m256i h0123 = _mm256_hadd_epi32(h01, h23); /* lo: r0..r3 (low lanes), hi: r0..r3 (high) */
-    __m256i h4567 = _mm256_hadd_epi32(h45, h67);
-    __m256i lo = _mm256_permute2x128_si256(h0123, h4567, 0x20);
-    __m256i hi = _mm256_permute2x128_si256(h0123, h4567, 0x31);
-    return _mm256_add_epi32(lo, hi);
+/* Row sums of four row pairs: pair[r] holds 8 int32 partial sums of row r (low 256 bits) and of
+ * row r + 4 (high). Returns lane r = the sum of row r's partials, r = 0..7. Integer sums are exact
+ * in any order, so the order of this tree is free: 12 single-uop instructions (a tree of
+ * _mm256_hadd_epi32, three uops each, took 25). */
+NTK_AVX512BW static inline __m256i reduce_pairs_epi32(const __m512i pair[4]) {
+    /* Per 128-bit lane: [p0(0)+p0(2), p1(0)+p1(2), p0(1)+p0(3), p1(1)+p1(3)], likewise p2, p3. */
+    __m512i a = _mm512_add_epi32(_mm512_unpacklo_epi32(pair[0], pair[1]),
+                                 _mm512_unpackhi_epi32(pair[0], pair[1]));
+    __m512i b = _mm512_add_epi32(_mm512_unpacklo_epi32(pair[2], pair[3]),
+                                 _mm512_unpackhi_epi32(pair[2], pair[3]));
+    /* Per 128-bit lane: the lane's sum of p0, p1, p2, p3. Lanes 0-1: rows 0-3; lanes 2-3: 4-7. */
+    __m512i c = _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b));
+    /* Lane 0: rows 0-3 in full; lane 2: rows 4-7 in full. */
+    __m512i d = _mm512_add_epi32(c, _mm512_shuffle_i32x4(c, c, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm512_castsi512_si256(_mm512_shuffle_i32x4(d, d, _MM_SHUFFLE(2, 0, 2, 0)));
 }
 
 #define NTK_DEFINE_GEMV_AVX512(NAME, ATTR, PAIR_SUM)                                              \
@@ -345,7 +343,7 @@ NTK_AVX512BW static inline __m256i reduce8_epi32(const __m256i s[8]) {
                 __m512i x1 = _mm512_broadcast_i64x4(_mm256_load_si256((const __m256i *)(xg + 32))); \
                 __m512i x2 = _mm512_broadcast_i64x4(_mm256_load_si256((const __m256i *)(xg + 64))); \
                 __m512i x3 = _mm512_broadcast_i64x4(_mm256_load_si256((const __m256i *)(xg + 96))); \
-                __m256i s[8];                                                                      \
+                __m512i pairs[4];                                                                  \
                 for (int r = 0; r < 4; r++) {                                                      \
                     __m512i v = load_row_pair(codes + r * stride + g * NTK_GROUP_BYTES, stride);   \
                     __m512i lo = _mm512_and_si512(v, nibble);                                      \
@@ -354,9 +352,10 @@ NTK_AVX512BW static inline __m256i reduce8_epi32(const __m256i s[8]) {
                     __m512i c1 = _mm512_shuffle_epi8(lut_hi, lo);                                  \
                     __m512i c2 = _mm512_shuffle_epi8(lut_lo, hi);                                  \
                     __m512i c3 = _mm512_shuffle_epi8(lut_hi, hi);                                  \
-                    split_pair(PAIR_SUM(c0, c1, c2, c3, x0, x1, x2, x3), &s[r], &s[r + 4]);         \
+                    pairs[r] = PAIR_SUM(c0, c1, c2, c3, x0, x1, x2, x3);                           \
                 }                                                                                  \
-                __m256i dots = _mm256_sub_epi32(reduce8_epi32(s), _mm256_set1_epi32(a->x_sums[g])); \
+                __m256i dots =                                                                     \
+                    _mm256_sub_epi32(reduce_pairs_epi32(pairs), _mm256_set1_epi32(a->x_sums[g]));  \
                 acc = _mm256_fmadd_ps(_mm256_load_ps(scales + g * NTK_TILE),                       \
                                       _mm256_cvtepi32_ps(dots), acc);                              \
             }                                                                                      \
@@ -427,11 +426,10 @@ NTK_DEFINE_GEMV_AVX512(ntk_gemv_i2p_i8_avx512vnni, NTK_AVX512VNNI, pair_sum_vnni
                         _mm512_broadcast_i64x4(_mm256_load_si256((const __m256i *)(xg + 64)));     \
                     __m512i x3 =                                                                   \
                         _mm512_broadcast_i64x4(_mm256_load_si256((const __m256i *)(xg + 96)));     \
-                    __m256i s[8];                                                                  \
+                    __m512i pairs[4];                                                              \
                     for (int r = 0; r < 4; r++)                                                    \
-                        split_pair(PAIR_SUM(c[r][0], c[r][1], c[r][2], c[r][3], x0, x1, x2, x3),   \
-                                   &s[r], &s[r + 4]);                                              \
-                    __m256i dots = _mm256_sub_epi32(reduce8_epi32(s),                              \
+                        pairs[r] = PAIR_SUM(c[r][0], c[r][1], c[r][2], c[r][3], x0, x1, x2, x3);   \
+                    __m256i dots = _mm256_sub_epi32(reduce_pairs_epi32(pairs),                     \
                                                     _mm256_set1_epi32(a->x_sums[b * w->groups + g])); \
                     acc[b] = _mm256_fmadd_ps(group_scales, _mm256_cvtepi32_ps(dots), acc[b]);      \
                 }                                                                                  \
