@@ -139,7 +139,8 @@ def eval_lines(title, e):
         f"| {pct(e['compile_success_rate'])} | {pct(e['success_rate'])} | {pct(e['trivial_rate'])} | "
         + " | ".join(pct(e["pass_at_k"][k]) for k in k_keys) + f" | {e['tokens_per_second']:,.0f} |",
         "",
-        "Verdicts: " + ", ".join(f"{k} {v}" for k, v in e["verdicts"].items() if v) + ".",
+        "Verdicts: " + ", ".join(f"{k} {v}" for k, v in sorted(e["verdicts"].items(), key=lambda kv: (-kv[1], kv[0]))
+                                 if v) + ".",
     ]
     if e["top_errors"]:
         lines.append("Most common compiler errors: " + ", ".join(f"`{msg}` ({n})" for msg, n in e["top_errors"][:5]) + ".")
