@@ -15,7 +15,7 @@ CARGO ?= cargo
 BIN := target/release
 
 .PHONY: all build test lint fmt verify bench bench-quick bench-serve bench-train serve e2e-chat clean \
-	corpus tokens train export eval report rl ablations
+	corpus tokens train export eval report rl ablations FORCE
 
 all: report
 
@@ -100,9 +100,18 @@ data/vendor/.stamp: Cargo.lock
 	touch $@
 
 # The training corpus: the sources minus every file that holds an evaluation prompt (hard links,
-# so no copy of the 100 MB).
+# so no copy of the 100 MB). corpus.key holds the list of sources and prompt sets and changes only
+# when the list does, so a prompt set named later (HUMANEVAL_RS=...) rebuilds the corpus, and what
+# follows, even when its file is older than the corpus.
+$(RUN)/corpus.key: FORCE
+	@mkdir -p $(RUN)
+	@echo 'sources: $(CORPUS_SOURCES); prompt sets: $(sort $(EVAL_SETS))' > $@.tmp
+	@if cmp -s $@.tmp $@; then rm $@.tmp; else mv $@.tmp $@; fi
+
+FORCE:
+
 $(RUN)/corpus/corpus.json: $(if $(filter data/vendor,$(CORPUS_SOURCES)),data/vendor/.stamp) \
-		scripts/corpus.py $(EVAL_SETS)
+		scripts/corpus.py $(EVAL_SETS) $(RUN)/corpus.key
 	python3 scripts/corpus.py --out $(RUN)/corpus $(addprefix --source ,$(CORPUS_SOURCES)) \
 		$(addprefix --prompts ,$(EVAL_SETS))
 

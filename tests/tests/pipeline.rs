@@ -131,4 +131,30 @@ fn make_runs_every_step_into_file_targets_and_writes_the_report_card() {
         .modified()
         .unwrap();
     assert_eq!(before, after, "the second make rebuilt the report");
+
+    // A prompt set named later is excluded too: the corpus (and what follows) is rebuilt even
+    // though the file is older than the corpus, and the file that holds its prompt goes.
+    let extra = dir.path().join("extra.jsonl");
+    std::fs::write(
+        &extra,
+        "{\"name\": \"kept\", \"prompt\": \"pub fn kept() -> u8 {\\n\"}\n",
+    )
+    .unwrap();
+    let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+    std::fs::File::options()
+        .write(true)
+        .open(&extra)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let humaneval = format!("HUMANEVAL_RS={}", extra.display());
+    let third = make(&run, &sources, &[&humaneval, "corpus"]);
+    assert!(
+        third.status.success(),
+        "{}",
+        String::from_utf8_lossy(&third.stderr)
+    );
+    let excluded = std::fs::read_to_string(run.join("corpus/excluded.tsv")).unwrap();
+    assert!(excluded.contains("kept.rs"), "{excluded}");
+    assert!(!run.join("corpus/planted/kept.rs").exists());
 }
