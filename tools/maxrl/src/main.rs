@@ -220,7 +220,6 @@ impl PromptOrder {
 }
 
 /// Supervised steps on the reference solutions of `tasks`; one rl.jsonl line per step.
-#[allow(clippy::too_many_arguments)]
 fn warm_up(
     cli: &Cli,
     policy: &mut Policy,
