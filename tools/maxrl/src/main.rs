@@ -20,6 +20,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
+use eval::extract::extract_body;
 use eval::{
     evaluate, load_prompts, CheckOptions, EvalSettings, FromFile, InProcess, Sampling, Sandbox,
     Task,
@@ -229,33 +230,32 @@ fn warm_up(
     steps: usize,
     log: &mut std::fs::File,
 ) -> Result<(), Failure> {
-    let solved: Vec<&Task> = tasks
+    // Every solution tokenized once, its body cut by the extraction generated samples go through.
+    let answers = tasks
         .iter()
-        .filter(|t| solutions.completion(&t.name).is_some())
-        .collect();
-    if solved.is_empty() {
+        .filter_map(|task| solutions.completion(&task.name).map(|c| (task, c)))
+        .map(|(task, completion)| {
+            let body = extract_body(&task.prompt, completion, &task.stops()).body;
+            answer_sequence(tokenizer, task, &body, 1.0)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if answers.is_empty() {
         return Err(usage(
             "--warmup: no solution names a task of the warm-up prompts",
         ));
     }
-    let mut order = PromptOrder::new(cli.seed ^ 0x5741_524d, solved.len());
+    let mut order = PromptOrder::new(cli.seed ^ 0x5741_524d, answers.len());
     let started = Instant::now();
     for step in 1..=steps {
         let batch = order.batch(cli.batch_prompts);
         let weight = 1.0 / batch.len() as f32;
-        let sequences = batch
+        let sequences: Vec<WeightedSequence> = batch
             .iter()
-            .map(|&i| {
-                let task = solved[i];
-                let completion = solutions.completion(&task.name).unwrap_or_default();
-                // FromFile closes a body with the function's brace; the sequence adds its own.
-                let body = completion
-                    .trim_end()
-                    .strip_suffix('}')
-                    .unwrap_or(completion);
-                answer_sequence(tokenizer, task, body, weight)
+            .map(|&i| WeightedSequence {
+                weight,
+                ..answers[i].clone()
             })
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect();
         let stats = policy
             .update(&sequences, cli.micro_batch, cli.lr_factor)
             .map_err(failed)?;
