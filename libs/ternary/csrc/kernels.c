@@ -307,6 +307,21 @@ NTK_AVX512BW static inline __m512i load_row_pair(const uint8_t *group_codes, siz
     return _mm512_inserti64x4(_mm512_castsi256_si512(low), high, 1);
 }
 
+/* The c vectors (trit + 1, four runs of 32 weights) of one group for rows r and r + 4. */
+NTK_AVX512BW static inline void decode_row_pair(const uint8_t *group_codes, size_t stride,
+                                                __m512i c[4]) {
+    const __m512i lut_lo = _mm512_broadcast_i32x4(_mm_setr_epi8(NTK_C_LO));
+    const __m512i lut_hi = _mm512_broadcast_i32x4(_mm_setr_epi8(NTK_C_HI));
+    const __m512i nibble = _mm512_set1_epi8(0x0F);
+    __m512i v = load_row_pair(group_codes, stride);
+    __m512i lo = _mm512_and_si512(v, nibble);
+    __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
+    c[0] = _mm512_shuffle_epi8(lut_lo, lo);
+    c[1] = _mm512_shuffle_epi8(lut_hi, lo);
+    c[2] = _mm512_shuffle_epi8(lut_lo, hi);
+    c[3] = _mm512_shuffle_epi8(lut_hi, hi);
+}
+
 /* Row sums of four row pairs: pair[r] holds 8 int32 partial sums of row r (low 256 bits) and of
  * row r + 4 (high). Returns lane r = the sum of row r's partials, r = 0..7. Integer sums are exact
  * in any order, so the order of this tree is free: 12 single-uop instructions (a tree of
@@ -327,9 +342,6 @@ NTK_AVX512BW static inline __m256i reduce_pairs_epi32(const __m512i pair[4]) {
 #define NTK_DEFINE_GEMV_AVX512(NAME, ATTR, PAIR_SUM)                                              \
     ATTR void NAME(const ntk_weights *w, const ntk_acts *a, size_t row_begin, size_t row_count,     \
                    float *y) {                                                                      \
-        const __m512i lut_lo = _mm512_broadcast_i32x4(_mm_setr_epi8(NTK_C_LO));                   \
-        const __m512i lut_hi = _mm512_broadcast_i32x4(_mm_setr_epi8(NTK_C_HI));                   \
-        const __m512i nibble = _mm512_set1_epi8(0x0F);                                             \
         const size_t stride = w->code_row_stride;                                                  \
         for (size_t i = 0; i < row_count; i += NTK_TILE) {                                         \
             size_t row = row_begin + i;                                                            \
@@ -345,14 +357,9 @@ NTK_AVX512BW static inline __m256i reduce_pairs_epi32(const __m512i pair[4]) {
                 __m512i x3 = _mm512_broadcast_i64x4(_mm256_load_si256((const __m256i *)(xg + 96))); \
                 __m512i pairs[4];                                                                  \
                 for (int r = 0; r < 4; r++) {                                                      \
-                    __m512i v = load_row_pair(codes + r * stride + g * NTK_GROUP_BYTES, stride);   \
-                    __m512i lo = _mm512_and_si512(v, nibble);                                      \
-                    __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);                \
-                    __m512i c0 = _mm512_shuffle_epi8(lut_lo, lo);                                  \
-                    __m512i c1 = _mm512_shuffle_epi8(lut_hi, lo);                                  \
-                    __m512i c2 = _mm512_shuffle_epi8(lut_lo, hi);                                  \
-                    __m512i c3 = _mm512_shuffle_epi8(lut_hi, hi);                                  \
-                    pairs[r] = PAIR_SUM(c0, c1, c2, c3, x0, x1, x2, x3);                           \
+                    __m512i c[4];                                                                  \
+                    decode_row_pair(codes + r * stride + g * NTK_GROUP_BYTES, stride, c);          \
+                    pairs[r] = PAIR_SUM(c[0], c[1], c[2], c[3], x0, x1, x2, x3);                   \
                 }                                                                                  \
                 __m256i dots =                                                                     \
                     _mm256_sub_epi32(reduce_pairs_epi32(pairs), _mm256_set1_epi32(a->x_sums[g]));  \
@@ -394,9 +401,6 @@ NTK_DEFINE_GEMV_AVX512(ntk_gemv_i2p_i8_avx512vnni, NTK_AVX512VNNI, pair_sum_vnni
 #define NTK_DEFINE_GEMM_AVX512(NAME, ATTR, PAIR_SUM)                                              \
     ATTR void NAME(const ntk_weights *w, const ntk_acts *a, size_t row_begin, size_t row_count,     \
                    float *y, size_t y_stride) {                                                     \
-        const __m512i lut_lo = _mm512_broadcast_i32x4(_mm_setr_epi8(NTK_C_LO));                   \
-        const __m512i lut_hi = _mm512_broadcast_i32x4(_mm_setr_epi8(NTK_C_HI));                   \
-        const __m512i nibble = _mm512_set1_epi8(0x0F);                                             \
         const size_t stride = w->code_row_stride;                                                  \
         for (size_t i = 0; i < row_count; i += NTK_TILE) {                                         \
             size_t row = row_begin + i;                                                            \
@@ -407,15 +411,8 @@ NTK_DEFINE_GEMV_AVX512(ntk_gemv_i2p_i8_avx512vnni, NTK_AVX512VNNI, pair_sum_vnni
             for (size_t b = 0; b < a->batch; b++) acc[b] = _mm256_setzero_ps();                    \
             for (size_t g = 0; g < w->groups; g++) {                                               \
                 __m512i c[4][4];                                                                   \
-                for (int r = 0; r < 4; r++) {                                                      \
-                    __m512i v = load_row_pair(codes + r * stride + g * NTK_GROUP_BYTES, stride);   \
-                    __m512i lo = _mm512_and_si512(v, nibble);                                      \
-                    __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);                \
-                    c[r][0] = _mm512_shuffle_epi8(lut_lo, lo);                                     \
-                    c[r][1] = _mm512_shuffle_epi8(lut_hi, lo);                                     \
-                    c[r][2] = _mm512_shuffle_epi8(lut_lo, hi);                                     \
-                    c[r][3] = _mm512_shuffle_epi8(lut_hi, hi);                                     \
-                }                                                                                  \
+                for (int r = 0; r < 4; r++)                                                        \
+                    decode_row_pair(codes + r * stride + g * NTK_GROUP_BYTES, stride, c[r]);       \
                 __m256 group_scales = _mm256_load_ps(scales + g * NTK_TILE);                       \
                 for (size_t b = 0; b < a->batch; b++) {                                            \
                     const int8_t *xg = a->x + b * a->x_stride + g * NTK_GROUP;                     \
