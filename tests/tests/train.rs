@@ -492,38 +492,27 @@ fn maxrl_warms_up_then_learns_from_the_samples_that_compile() {
         ],
     );
 
-    let (code, _, stderr) = run(
-        "maxrl",
-        &[
+    // Bad usage: the warm-up flags on top of a valid run; exit 2 and the message.
+    let bad = dir.path().join("bad");
+    let refused = |extra: &[&str]| {
+        let mut args = vec![
             "--checkpoint",
             s(&ckpt),
             "--prompts",
             s(&prompts),
             "--out",
-            s(&dir.path().join("bad")),
+            s(&bad),
             "--warmup",
             s(&solutions),
-        ],
-    );
-    assert_eq!(code, 2, "{stderr}");
+        ];
+        args.extend_from_slice(extra);
+        let (code, _, stderr) = run("maxrl", &args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        stderr
+    };
+    // No step count.
+    refused(&[]);
     // Warm-up prompts that none of the solutions answer (the RL prompts still do).
-    let (code, _, stderr) = run(
-        "maxrl",
-        &[
-            "--checkpoint",
-            s(&ckpt),
-            "--prompts",
-            s(&prompts),
-            "--out",
-            s(&dir.path().join("bad")),
-            "--warmup",
-            s(&solutions),
-            "--warmup-steps",
-            "1",
-            "--warmup-prompts",
-            s(&heldout),
-        ],
-    );
-    assert_eq!(code, 2, "{stderr}");
+    let stderr = refused(&["--warmup-steps", "1", "--warmup-prompts", s(&heldout)]);
     assert!(stderr.contains("no solution names a task"), "{stderr}");
 }
