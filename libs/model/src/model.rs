@@ -422,8 +422,9 @@ unsafe fn attend_avx2(group: &GroupView<'_>, weights: &mut [f32], out: &mut [f32
 }
 
 /// Per head the operations and their order are those of one head alone (scores in position
-/// order, max, exp, sum, then the weighted sum of values in position order), so grouping the
-/// heads changes no bit; it only reads each key and value row once for the whole group.
+/// order, max, exp, sum, then the weighted sum of values in position order), so the grouping
+/// itself changes no bit; it only reads each key and value row once for the whole group. Weights
+/// under [`NEGLIGIBLE_WEIGHT`] are dropped (see below).
 #[inline(always)]
 fn attend_portable(group: &GroupView<'_>, weights: &mut [f32], out: &mut [f32]) {
     let d = group.head_dim;
