@@ -7,6 +7,7 @@
 //!
 //! No printing, no exiting: the tools (serve, eval-compile, maxrl) decide that.
 
+mod attention;
 pub mod bench;
 pub mod config;
 pub mod engine;

@@ -24,6 +24,7 @@ use half::f16;
 use rayon::prelude::*;
 use ternary::{Kernel, PlanarWeights, QuantizedBatch};
 
+use crate::attention::{attend, dot, GroupView};
 use crate::config::ModelConfig;
 use crate::kv::KvCache;
 
@@ -351,8 +352,8 @@ impl Model {
         let scale = 1.0 / (d as f32).sqrt();
         let kv_heads = cfg.n_kv_heads;
         // One task per (row, key/value head): the query heads sharing a key/value head are
-        // adjacent, so each key and value row is read once for all of them, and a single
-        // decoding sequence still splits across threads.
+        // adjacent, so one task brings that head's keys and values into cache for all of them,
+        // and a single decoding sequence still splits across threads.
         let work = |(task, out_group): (usize, &mut [f32])| {
             let (r, kv_head) = (task / kv_heads, task % kv_heads);
             let cache = &batch[seq_of[r]].cache;
@@ -379,96 +380,6 @@ impl Model {
                 .for_each(work);
         } else {
             out.chunks_exact_mut(group * d).enumerate().for_each(work);
-        }
-    }
-}
-
-/// Attention weights below this are dropped (2^-100 ≈ 7.9e-31).
-const NEGLIGIBLE_WEIGHT: f32 = 7.888_609e-31;
-/// ln(2^-100): scores this far below the maximum give a weight under [`NEGLIGIBLE_WEIGHT`].
-const NEGLIGIBLE_EXPONENT: f32 = -69.314_72;
-
-/// The query heads of one key/value head (grouped-query attention): `queries` holds them one
-/// after the other, `head_dim` each; key t of the head is `keys[t·stride + offset ..][..head_dim]`,
-/// likewise the values.
-struct GroupView<'a> {
-    queries: &'a [f32],
-    head_dim: usize,
-    keys: &'a [f32],
-    values: &'a [f32],
-    stride: usize,
-    offset: usize,
-    scale: f32,
-}
-
-/// `out_h = softmax(q_h·kᵀ · scale) · v` for every query head h of the group, over every position
-/// (`weights.len() / heads` of them); `out` holds the heads' outputs one after the other.
-fn attend(group: &GroupView<'_>, weights: &mut [f32], out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2 (checked just above); the function is safe code compiled
-        // with AVX2 enabled.
-        return unsafe { attend_avx2(group, weights, out) };
-    }
-    attend_portable(group, weights, out)
-}
-
-/// [`attend_portable`] compiled for AVX2 (8-wide vectors for the dot products and the weighted
-/// sum; the same operations in the same order, so the same results as without).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn attend_avx2(group: &GroupView<'_>, weights: &mut [f32], out: &mut [f32]) {
-    attend_portable(group, weights, out)
-}
-
-/// Per head the operations and their order are those of one head alone (scores in position
-/// order, max, exp, sum, then the weighted sum of values in position order), so the grouping
-/// itself changes no bit; it only reads each key and value row once for the whole group. Weights
-/// under [`NEGLIGIBLE_WEIGHT`] are dropped (see below).
-#[inline(always)]
-fn attend_portable(group: &GroupView<'_>, weights: &mut [f32], out: &mut [f32]) {
-    let d = group.head_dim;
-    let heads = group.queries.len() / d;
-    let len = weights.len() / heads;
-    for t in 0..len {
-        let k = &group.keys[t * group.stride + group.offset..][..d];
-        for (h, q) in group.queries.chunks_exact(d).enumerate() {
-            weights[h * len + t] = dot(q, k) * group.scale;
-        }
-    }
-    for scores in weights.chunks_exact_mut(len) {
-        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &w| m.max(w));
-        let mut sum = 0.0f32;
-        for w in scores.iter_mut() {
-            let x = *w - max;
-            // exp(x) < 2^-100 (and subnormal below -87): dropped without computing it.
-            *w = if x < NEGLIGIBLE_EXPONENT {
-                0.0
-            } else {
-                x.exp()
-            };
-            sum += *w;
-        }
-        let inv = 1.0 / sum;
-        for w in scores.iter_mut() {
-            // A weight under 2^-100 of the largest adds nothing an f32 output can hold, but
-            // as a subnormal (or making the products p·v subnormal) it costs every multiply a
-            // microcode assist, which made attention the slowest part of decoding.
-            let p = *w * inv;
-            *w = if p < NEGLIGIBLE_WEIGHT { 0.0 } else { p };
-        }
-    }
-    out.fill(0.0);
-    for t in 0..len {
-        let v = &group.values[t * group.stride + group.offset..][..d];
-        for (h, out_head) in out.chunks_exact_mut(d).enumerate() {
-            let p = weights[h * len + t];
-            if p == 0.0 {
-                continue;
-            }
-            for (o, &vv) in out_head.iter_mut().zip(v) {
-                *o += p * vv;
-            }
         }
     }
 }
@@ -503,23 +414,6 @@ fn silu(g: f32) -> f32 {
     g / (1.0 + (-g).exp())
 }
 
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight independent accumulators: lets the compiler vectorize without reassociating.
-    let mut acc = [0.0f32; 8];
-    let chunks = a.len() / 8 * 8;
-    for (ca, cb) in a[..chunks].chunks_exact(8).zip(b[..chunks].chunks_exact(8)) {
-        for i in 0..8 {
-            acc[i] += ca[i] * cb[i];
-        }
-    }
-    let mut sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-    for (x, y) in a[chunks..].iter().zip(&b[chunks..]) {
-        sum += x * y;
-    }
-    sum
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -549,78 +443,5 @@ mod tests {
             assert!((n(hx) - n(hy)).abs() < 1e-3);
         }
         assert_ne!(x, y);
-    }
-
-    /// Grouped attention against a plain f64 softmax per head, on scores spread far enough that
-    /// most weights fall under the dropping threshold for one head and none for the other.
-    #[test]
-    fn grouped_attention_matches_a_plain_softmax_per_head() {
-        let (d, len, kv_heads, stride) = (8, 37, 2, 16);
-        let value = |i: usize| ((i * 7919 % 101) as f32 - 50.0) / 25.0;
-        let keys: Vec<f32> = (0..len * stride).map(value).collect();
-        let values: Vec<f32> = (0..len * stride).map(|i| value(i + 13)).collect();
-        // Head 0: sharp (scores over a range of hundreds), head 1: soft.
-        let queries: Vec<f32> = (0..2 * d)
-            .map(|i| {
-                if i < d {
-                    40.0 * value(i + 3)
-                } else {
-                    0.1 * value(i + 5)
-                }
-            })
-            .collect();
-        let scale = 1.0 / (d as f32).sqrt();
-        for kv_head in 0..kv_heads {
-            let view = GroupView {
-                queries: &queries,
-                head_dim: d,
-                keys: &keys,
-                values: &values,
-                stride,
-                offset: kv_head * d,
-                scale,
-            };
-            let mut weights = vec![0.0; 2 * len];
-            let mut out = vec![0.0; 2 * d];
-            attend(&view, &mut weights, &mut out);
-            for h in 0..2 {
-                let q = &queries[h * d..(h + 1) * d];
-                let scores: Vec<f64> = (0..len)
-                    .map(|t| {
-                        let k = &keys[t * stride + kv_head * d..][..d];
-                        q.iter().zip(k).map(|(a, b)| (*a * *b) as f64).sum::<f64>() * scale as f64
-                    })
-                    .collect();
-                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let exps: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
-                let sum: f64 = exps.iter().sum();
-                for i in 0..d {
-                    let expected: f64 = (0..len)
-                        .map(|t| exps[t] / sum * values[t * stride + kv_head * d + i] as f64)
-                        .sum();
-                    let got = out[h * d + i] as f64;
-                    assert!(
-                        (got - expected).abs() < 1e-5,
-                        "head {h} channel {i}: {got} vs {expected}"
-                    );
-                }
-            }
-            assert!(
-                weights[..len].iter().filter(|&&w| w == 0.0).count() > len / 2,
-                "sharp head drops weights"
-            );
-            assert!(
-                weights[len..].iter().all(|&w| w > 0.0),
-                "soft head keeps every weight"
-            );
-        }
-    }
-
-    #[test]
-    fn dot_matches_a_plain_sum() {
-        let a: Vec<f32> = (0..37).map(|i| (i as f32).sin()).collect();
-        let b: Vec<f32> = (0..37).map(|i| (i as f32).cos()).collect();
-        let plain: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
-        assert!((dot(&a, &b) - plain).abs() < 1e-5);
     }
 }

@@ -1,0 +1,436 @@
+//! Softmax attention of one query row's heads against a cache: the query heads that share one
+//! key/value head (grouped-query attention) are done together, `out_h = softmax(q_h·kᵀ · scale) · v`
+//! over every cached position.
+//!
+//! Two implementations of the same arithmetic: a portable one and, on x86-64 CPUs with AVX2 and
+//! FMA, one with 8-wide vectors (dot products of 8 positions reduced together, a polynomial `exp`,
+//! fused multiply-adds). They agree to a few ulps, not bit for bit; a process always takes the same
+//! one, so prefill, decode and batched decode give the same bits as each other.
+//!
+//! Weights under [`NEGLIGIBLE_WEIGHT`] of the largest are dropped in both: they add nothing an f32
+//! output can hold, but as subnormals (or making the products `p·v` subnormal) they cost every
+//! multiply a microcode assist, which once made attention the slowest part of decoding.
+
+/// Attention weights below this are dropped (2^-100 ≈ 7.9e-31).
+const NEGLIGIBLE_WEIGHT: f32 = 7.888_609e-31;
+/// ln(2^-100): scores this far below the maximum give a weight under [`NEGLIGIBLE_WEIGHT`].
+const NEGLIGIBLE_EXPONENT: f32 = -69.314_72;
+
+/// The query heads of one key/value head: `queries` holds them one after the other, `head_dim`
+/// each; key t of the head is `keys[t·stride + offset ..][..head_dim]`, likewise the values.
+pub(crate) struct GroupView<'a> {
+    pub queries: &'a [f32],
+    pub head_dim: usize,
+    pub keys: &'a [f32],
+    pub values: &'a [f32],
+    pub stride: usize,
+    pub offset: usize,
+    pub scale: f32,
+}
+
+impl GroupView<'_> {
+    fn heads(&self) -> usize {
+        self.queries.len() / self.head_dim
+    }
+}
+
+/// Attention of every head of `group` over `weights.len() / heads` positions (`weights` is the
+/// scratch for their softmax weights, head after head); `out` receives the heads' outputs one
+/// after the other.
+///
+/// # Panics
+/// If the keys or values do not hold that many positions, or the buffers are sized otherwise.
+pub(crate) fn attend(group: &GroupView<'_>, weights: &mut [f32], out: &mut [f32]) {
+    let (d, heads) = (group.head_dim, group.heads());
+    let len = weights.len() / heads;
+    assert_eq!(
+        weights.len(),
+        heads * len,
+        "one weight per head and position"
+    );
+    assert_eq!(out.len(), heads * d, "one output per head and channel");
+    if len > 0 {
+        let last = (len - 1) * group.stride + group.offset + d;
+        assert!(
+            last <= group.keys.len() && last <= group.values.len(),
+            "the cache holds {len} positions"
+        );
+    }
+    #[cfg(target_arch = "x86_64")]
+    if simd::usable(d) {
+        // SAFETY: the CPU has AVX2 and FMA (checked by `usable`); the buffers' lengths were
+        // checked above, which is what the function's pointer arithmetic relies on.
+        return unsafe { simd::attend_avx2_fma(group, weights, out) };
+    }
+    attend_portable(group, weights, out)
+}
+
+/// Per head the scores in position order, max, exp, sum, then the weighted sum of values in
+/// position order; each key and value row is read once for every head of the group.
+fn attend_portable(group: &GroupView<'_>, weights: &mut [f32], out: &mut [f32]) {
+    let d = group.head_dim;
+    let len = weights.len() / group.heads();
+    for t in 0..len {
+        let k = &group.keys[t * group.stride + group.offset..][..d];
+        for (h, q) in group.queries.chunks_exact(d).enumerate() {
+            weights[h * len + t] = dot(q, k) * group.scale;
+        }
+    }
+    for scores in weights.chunks_exact_mut(len) {
+        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &w| m.max(w));
+        let mut sum = 0.0f32;
+        for w in scores.iter_mut() {
+            let x = *w - max;
+            *w = if x < NEGLIGIBLE_EXPONENT {
+                0.0
+            } else {
+                x.exp()
+            };
+            sum += *w;
+        }
+        let inv = 1.0 / sum;
+        for w in scores.iter_mut() {
+            let p = *w * inv;
+            *w = if p < NEGLIGIBLE_WEIGHT { 0.0 } else { p };
+        }
+    }
+    out.fill(0.0);
+    for t in 0..len {
+        let v = &group.values[t * group.stride + group.offset..][..d];
+        for (h, out_head) in out.chunks_exact_mut(d).enumerate() {
+            let p = weights[h * len + t];
+            if p == 0.0 {
+                continue;
+            }
+            for (o, &vv) in out_head.iter_mut().zip(v) {
+                *o += p * vv;
+            }
+        }
+    }
+}
+
+/// `Σ a_i·b_i` with eight independent accumulators.
+#[inline(always)]
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let chunks = a.len() / 8 * 8;
+    for (ca, cb) in a[..chunks].chunks_exact(8).zip(b[..chunks].chunks_exact(8)) {
+        for i in 0..8 {
+            acc[i] += ca[i] * cb[i];
+        }
+    }
+    let mut sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    for (x, y) in a[chunks..].iter().zip(&b[chunks..]) {
+        sum += x * y;
+    }
+    sum
+}
+
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use super::{GroupView, NEGLIGIBLE_EXPONENT, NEGLIGIBLE_WEIGHT};
+    use std::arch::x86_64::*;
+
+    /// Whether [`attend_avx2_fma`] runs here for heads of `head_dim` channels.
+    pub(super) fn usable(head_dim: usize) -> bool {
+        head_dim % 8 == 0 && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    }
+
+    /// [`super::attend_portable`] in 8-wide vectors, one head at a time (its keys and values
+    /// are re-read from cache for each head of the group).
+    ///
+    /// # Safety
+    /// The CPU runs AVX2 and FMA; `group.head_dim % 8 == 0`; `group.keys` and `group.values` hold
+    /// `weights.len() / heads` positions; `out.len() == heads * head_dim`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn attend_avx2_fma(
+        group: &GroupView<'_>,
+        weights: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let d = group.head_dim;
+        let len = weights.len() / group.heads();
+        for ((q, scores), out_head) in group
+            .queries
+            .chunks_exact(d)
+            .zip(weights.chunks_exact_mut(len))
+            .zip(out.chunks_exact_mut(d))
+        {
+            scores_into(group, q, scores);
+            softmax_in_place(scores);
+            weighted_values(group, scores, out_head);
+        }
+    }
+
+    /// `scores[t] = q·k_t · scale`: eight positions at a time, their eight 8-lane partial sums
+    /// reduced together by one transposing tree of `hadd`.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn scores_into(group: &GroupView<'_>, q: &[f32], scores: &mut [f32]) {
+        let d = group.head_dim;
+        let key = |t: usize| group.keys.as_ptr().add(t * group.stride + group.offset);
+        let scale = _mm256_set1_ps(group.scale);
+        let first = scores.len() / 8 * 8;
+        let mut blocks = scores.chunks_exact_mut(8);
+        for (b, block) in (&mut blocks).enumerate() {
+            let mut acc = [_mm256_setzero_ps(); 8];
+            for j in (0..d).step_by(8) {
+                let qv = _mm256_loadu_ps(q.as_ptr().add(j));
+                for (i, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(qv, _mm256_loadu_ps(key(8 * b + i).add(j)), *a);
+                }
+            }
+            let sums = transpose_sum(&acc);
+            _mm256_storeu_ps(block.as_mut_ptr(), _mm256_mul_ps(sums, scale));
+        }
+        for (i, s) in blocks.into_remainder().iter_mut().enumerate() {
+            let mut acc = _mm256_setzero_ps();
+            for j in (0..d).step_by(8) {
+                let k = _mm256_loadu_ps(key(first + i).add(j));
+                acc = _mm256_fmadd_ps(_mm256_loadu_ps(q.as_ptr().add(j)), k, acc);
+            }
+            *s = horizontal_sum(acc) * group.scale;
+        }
+    }
+
+    /// Lane i = the sum of the lanes of `v[i]`.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn transpose_sum(v: &[__m256; 8]) -> __m256 {
+        let s01 = _mm256_hadd_ps(v[0], v[1]);
+        let s23 = _mm256_hadd_ps(v[2], v[3]);
+        let s45 = _mm256_hadd_ps(v[4], v[5]);
+        let s67 = _mm256_hadd_ps(v[6], v[7]);
+        // Per 128-bit half: the half's sums of v[0..4] (left) and of v[4..8] (right).
+        let s0123 = _mm256_hadd_ps(s01, s23);
+        let s4567 = _mm256_hadd_ps(s45, s67);
+        _mm256_add_ps(
+            _mm256_permute2f128_ps(s0123, s4567, 0x20),
+            _mm256_permute2f128_ps(s0123, s4567, 0x31),
+        )
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn horizontal_sum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+    }
+
+    /// Scores → softmax weights, negligible ones dropped. The tail of fewer than eight goes
+    /// through the same vector code, padded with -∞ (which gives weight 0).
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn softmax_in_place(scores: &mut [f32]) {
+        let max = _mm256_set1_ps(scores.iter().fold(f32::NEG_INFINITY, |m, &w| m.max(w)));
+        let mut sum = _mm256_setzero_ps();
+        let mut blocks = scores.chunks_exact_mut(8);
+        for block in &mut blocks {
+            sum = _mm256_add_ps(sum, exp_block(block, max));
+        }
+        let tail = blocks.into_remainder();
+        let mut padded = [f32::NEG_INFINITY; 8];
+        padded[..tail.len()].copy_from_slice(tail);
+        sum = _mm256_add_ps(sum, exp_block(&mut padded, max));
+        tail.copy_from_slice(&padded[..tail.len()]);
+
+        let inv = _mm256_set1_ps(1.0 / horizontal_sum(sum));
+        let mut blocks = scores.chunks_exact_mut(8);
+        for block in &mut blocks {
+            normalize_block(block, inv);
+        }
+        let tail = blocks.into_remainder();
+        let mut padded = [0.0; 8];
+        padded[..tail.len()].copy_from_slice(tail);
+        normalize_block(&mut padded, inv);
+        tail.copy_from_slice(&padded[..tail.len()]);
+    }
+
+    /// `block = e^(block - max)`, zero where that is under 2^-100; returns the new values.
+    /// `block` holds at least 8 floats.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn exp_block(block: &mut [f32], max: __m256) -> __m256 {
+        let x = _mm256_sub_ps(_mm256_loadu_ps(block.as_ptr()), max);
+        let kept = _mm256_cmp_ps(x, _mm256_set1_ps(NEGLIGIBLE_EXPONENT), _CMP_GE_OQ);
+        let e = _mm256_and_ps(exp_of_negative(x), kept);
+        _mm256_storeu_ps(block.as_mut_ptr(), e);
+        e
+    }
+
+    /// `block *= inv`, zero where the product is under [`NEGLIGIBLE_WEIGHT`]. `block` holds at
+    /// least 8 floats.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn normalize_block(block: &mut [f32], inv: __m256) {
+        let p = _mm256_mul_ps(_mm256_loadu_ps(block.as_ptr()), inv);
+        let kept = _mm256_cmp_ps(p, _mm256_set1_ps(NEGLIGIBLE_WEIGHT), _CMP_GE_OQ);
+        _mm256_storeu_ps(block.as_mut_ptr(), _mm256_and_ps(p, kept));
+    }
+
+    /// `e^x` for x ≤ 0 (within 2 ulps down to -87; anything lower, -∞ and NaN included, gives a
+    /// value that the caller masks off): x = n·ln 2 + r with |r| ≤ ln 2 / 2, e^r by its Taylor
+    /// polynomial of degree 6, times 2^n built in the exponent bits.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn exp_of_negative(x: __m256) -> __m256 {
+        const LN2_HI: f32 = 0.693_359_4;
+        const LN2_LO: f32 = -2.121_944_4e-4;
+        let x = _mm256_max_ps(x, _mm256_set1_ps(-87.0));
+        let n = _mm256_round_ps(
+            _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+        );
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
+        let mut p = _mm256_set1_ps(1.0 / 720.0);
+        for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+        }
+        let two_to_n = _mm256_castsi256_ps(_mm256_slli_epi32(
+            _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)),
+            23,
+        ));
+        _mm256_mul_ps(p, two_to_n)
+    }
+
+    /// `out = Σ_t p_t · v_t`, 64 channels (eight vectors of accumulators) at a time.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn weighted_values(group: &GroupView<'_>, weights: &[f32], out: &mut [f32]) {
+        let value = |t: usize| group.values.as_ptr().add(t * group.stride + group.offset);
+        for (c, out_block) in out.chunks_mut(64).enumerate() {
+            let vectors = out_block.len() / 8;
+            let mut acc = [_mm256_setzero_ps(); 8];
+            for (t, &p) in weights.iter().enumerate() {
+                if p == 0.0 {
+                    continue;
+                }
+                let (pv, v) = (_mm256_set1_ps(p), value(t).add(64 * c));
+                for (i, a) in acc.iter_mut().enumerate().take(vectors) {
+                    *a = _mm256_fmadd_ps(pv, _mm256_loadu_ps(v.add(8 * i)), *a);
+                }
+            }
+            for (i, a) in acc.iter().enumerate().take(vectors) {
+                _mm256_storeu_ps(out_block.as_mut_ptr().add(8 * i), *a);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both implementations (the vector one where this CPU runs it) against a plain f64 softmax
+    /// per head, on scores spread far enough that most weights fall under the dropping threshold
+    /// for one head and none for the other, with a position count that leaves a vector tail.
+    #[test]
+    fn grouped_attention_matches_a_plain_softmax_per_head() {
+        for d in [8, 64, 72] {
+            let (len, kv_heads, stride) = (37, 2, 2 * d);
+            let value = |i: usize| ((i * 7919 % 101) as f32 - 50.0) / 25.0;
+            let keys: Vec<f32> = (0..len * stride).map(value).collect();
+            let values: Vec<f32> = (0..len * stride).map(|i| value(i + 13)).collect();
+            // Head 0: sharp (scores over a range of hundreds), head 1: soft, whatever d.
+            let queries: Vec<f32> = (0..2 * d)
+                .map(|i| {
+                    if i < d {
+                        113.0 / (d as f32).sqrt() * value(i + 3)
+                    } else {
+                        0.28 / (d as f32).sqrt() * value(i + 5)
+                    }
+                })
+                .collect();
+            let scale = 1.0 / (d as f32).sqrt();
+            for kv_head in 0..kv_heads {
+                let view = GroupView {
+                    queries: &queries,
+                    head_dim: d,
+                    keys: &keys,
+                    values: &values,
+                    stride,
+                    offset: kv_head * d,
+                    scale,
+                };
+                type Attend = fn(&GroupView<'_>, &mut [f32], &mut [f32]);
+                let paths: [(&str, Attend); 2] =
+                    [("dispatched", attend), ("portable", attend_portable)];
+                for (path, run) in paths {
+                    let mut weights = vec![0.0; 2 * len];
+                    let mut out = vec![0.0; 2 * d];
+                    run(&view, &mut weights, &mut out);
+                    for h in 0..2 {
+                        let q = &queries[h * d..(h + 1) * d];
+                        let scores: Vec<f64> = (0..len)
+                            .map(|t| {
+                                let k = &keys[t * stride + kv_head * d..][..d];
+                                q.iter().zip(k).map(|(a, b)| (*a * *b) as f64).sum::<f64>()
+                                    * scale as f64
+                            })
+                            .collect();
+                        let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                        let exps: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                        let sum: f64 = exps.iter().sum();
+                        for i in 0..d {
+                            let expected: f64 = (0..len)
+                                .map(|t| {
+                                    exps[t] / sum * values[t * stride + kv_head * d + i] as f64
+                                })
+                                .sum();
+                            let got = out[h * d + i] as f64;
+                            assert!(
+                                (got - expected).abs() < 1e-5,
+                                "{path}, d {d}, head {h} channel {i}: {got} vs {expected}"
+                            );
+                        }
+                    }
+                    assert!(
+                        weights[..len].iter().filter(|&&w| w == 0.0).count() > len / 2,
+                        "{path}, d {d}: the sharp head drops weights"
+                    );
+                    assert!(
+                        weights[len..].iter().all(|&w| w > 0.0),
+                        "{path}, d {d}: the soft head keeps every weight"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "the cache holds")]
+    fn a_cache_shorter_than_the_weights_is_refused() {
+        let view = GroupView {
+            queries: &[0.0; 8],
+            head_dim: 8,
+            keys: &[0.0; 16],
+            values: &[0.0; 16],
+            stride: 8,
+            offset: 0,
+            scale: 1.0,
+        };
+        attend(&view, &mut [0.0; 3], &mut [0.0; 8]);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn vector_exp_is_within_two_ulps_of_f64() {
+        use std::arch::x86_64::*;
+        if !simd::usable(8) {
+            return;
+        }
+        let mut worst = 0.0f64;
+        for i in 0..=87_000 {
+            let x = -(i as f32) / 1000.0;
+            let mut got = [0.0f32; 8];
+            // SAFETY: AVX2 and FMA are present (checked above); `got` holds 8 floats.
+            unsafe { _mm256_storeu_ps(got.as_mut_ptr(), simd::exp_of_negative(_mm256_set1_ps(x))) };
+            let exact = (x as f64).exp();
+            let ulp = f64::from(f32::EPSILON) * exact.max(f64::from(f32::MIN_POSITIVE));
+            worst = worst.max((got[0] as f64 - exact).abs() / ulp);
+        }
+        assert!(worst <= 2.0, "worst error {worst} ulps");
+    }
+
+    #[test]
+    fn dot_matches_a_plain_sum() {
+        let a: Vec<f32> = (0..37).map(|i| (i as f32).sin()).collect();
+        let b: Vec<f32> = (0..37).map(|i| (i as f32).cos()).collect();
+        let plain: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        assert!((dot(&a, &b) - plain).abs() < 1e-5);
+    }
+}
