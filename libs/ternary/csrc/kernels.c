@@ -463,7 +463,138 @@ NTK_DEFINE_GEMV_AVX512(ntk_gemv_i2p_i8_avx512vnni, NTK_AVX512VNNI, pair_sum_vnni
     }
 
 NTK_DEFINE_GEMM_AVX512(ntk_gemm_i2p_i8_avx512bw, NTK_AVX512BW, pair_sum_bw)
-NTK_DEFINE_GEMM_AVX512(ntk_gemm_i2p_i8_avx512vnni, NTK_AVX512VNNI, pair_sum_vnni)
+NTK_DEFINE_GEMM_AVX512(gemm_pairs_avx512vnni, static NTK_AVX512VNNI, pair_sum_vnni)
+
+/* ------------------------------------------------------------------------------------------------
+ * VNNI GEMM for whole chunks of NTK_VNNI_CHUNK vectors: no horizontal sums. Per group, the codes of
+ * 16 rows (two tiles) are transposed in registers so that 32-bit lane i of t[j] holds bytes
+ * 4j..4j+3 of row i's 32 code bytes; decoded, lane i of c_k then holds c = w + 1 of weights
+ * 32k + 4j .. 32k + 4j + 3 of row i, and one vpdpbusd with those four activations broadcast adds
+ * row i's four products into lane i. After the 32 (j, k) steps each lane holds its row's exact
+ * group sum c·x, so the FMA chain per row and vector is the GEMV's, bit for bit. The transpose and
+ * the decoding are done once per group for the whole chunk; each activation vector costs 32
+ * vpdpbusd per group of 16 rows instead of 32 plus the row reductions of the pair layout.
+ */
+
+#define NTK_VNNI_CHUNK 8
+
+/* acc += c · (the four bytes at ptr, broadcast), with the broadcast folded into the instruction
+ * (GCC keeps a separate vpbroadcastd for the intrinsics, one more instruction per vpdpbusd). */
+typedef int32_t __attribute__((may_alias, aligned(1))) ntk_unaligned_i32;
+#define NTK_DPBUSD_BROADCAST(acc, c, ptr)                                                          \
+    __asm__("vpdpbusd %2%{1to16%}, %1, %0"                                                        \
+            : "+v"(acc)                                                                            \
+            : "v"(c), "m"(*(const ntk_unaligned_i32 *)(ptr)))
+
+/* Codes of a row that is not there (the second tile of a block past the last tile): code 00,
+ * weight 0, with scale 0. */
+static const uint8_t NTK_ABSENT_CODES[NTK_GROUP_BYTES] __attribute__((aligned(32))) = {0};
+static const float NTK_ABSENT_SCALES[NTK_TILE] __attribute__((aligned(32))) = {0};
+
+/* t[j] lane i = dword j of r[i % 8]'s 256-bit half i / 8: the 8x8 dword transpose of each half
+ * (unpack 32, unpack 64, then a two-source qword permute across the 128-bit lanes). */
+NTK_AVX512VNNI static inline void transpose_halves_8x8(const __m512i r[8], __m512i t[8]) {
+    __m512i a[8], b[8];
+    for (int p = 0; p < 4; p++) {
+        a[2 * p] = _mm512_unpacklo_epi32(r[2 * p], r[2 * p + 1]);
+        a[2 * p + 1] = _mm512_unpackhi_epi32(r[2 * p], r[2 * p + 1]);
+    }
+    /* b[0]: dword 0 of rows 0-3 | dword 4; b[1]: 1 | 5; b[2]: 2 | 6; b[3]: 3 | 7; b[4..8] rows 4-7. */
+    for (int p = 0; p < 2; p++) {
+        b[4 * p + 0] = _mm512_unpacklo_epi64(a[4 * p], a[4 * p + 2]);
+        b[4 * p + 1] = _mm512_unpackhi_epi64(a[4 * p], a[4 * p + 2]);
+        b[4 * p + 2] = _mm512_unpacklo_epi64(a[4 * p + 1], a[4 * p + 3]);
+        b[4 * p + 3] = _mm512_unpackhi_epi64(a[4 * p + 1], a[4 * p + 3]);
+    }
+    const __m512i low_lanes = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13);
+    const __m512i high_lanes = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
+    for (int j = 0; j < 4; j++) {
+        t[j] = _mm512_permutex2var_epi64(b[j], low_lanes, b[j + 4]);
+        t[j + 4] = _mm512_permutex2var_epi64(b[j], high_lanes, b[j + 4]);
+    }
+}
+
+/* Rows [row, row + count) (row a multiple of 8, count <= 16) for vectors [v0, v0 + 8). */
+NTK_AVX512VNNI static void gemm_block_vnni(const ntk_weights *w, const ntk_acts *a, size_t row,
+                                           size_t count, size_t v0, float *y, size_t y_stride) {
+    const __m512i lut_lo = _mm512_broadcast_i32x4(_mm_setr_epi8(NTK_C_LO));
+    const __m512i lut_hi = _mm512_broadcast_i32x4(_mm_setr_epi8(NTK_C_HI));
+    const __m512i nibble = _mm512_set1_epi8(0x0F);
+    const size_t stride = w->code_row_stride;
+    const int has_second = count > NTK_TILE;
+    const uint8_t *codes_a = w->codes + row * stride;
+    const float *scales_a = w->scales + (row / NTK_TILE) * w->scale_tile_stride;
+    /* The second tile, or one absent row repeated (row step 0, group step 0). */
+    const uint8_t *codes_b = has_second ? codes_a + NTK_TILE * stride : NTK_ABSENT_CODES;
+    const size_t row_step_b = has_second ? stride : 0, group_step_b = has_second ? NTK_GROUP_BYTES : 0;
+    const float *scales_b = has_second ? scales_a + w->scale_tile_stride : NTK_ABSENT_SCALES;
+    const size_t scale_step_b = has_second ? NTK_TILE : 0;
+    __m512 acc[NTK_VNNI_CHUNK];
+    for (int b = 0; b < NTK_VNNI_CHUNK; b++) acc[b] = _mm512_setzero_ps();
+    for (size_t g = 0; g < w->groups; g++) {
+        prefetch_ahead(codes_a, scales_a, g);
+        if (has_second) prefetch_ahead(codes_b, scales_b, g);
+        __m512i r[8], t[8];
+        for (int p = 0; p < 8; p++) {
+            __m256i low = _mm256_load_si256((const __m256i *)(codes_a + p * stride + g * NTK_GROUP_BYTES));
+            __m256i high = _mm256_load_si256(
+                (const __m256i *)(codes_b + p * row_step_b + g * group_step_b));
+            r[p] = _mm512_inserti64x4(_mm512_castsi256_si512(low), high, 1);
+        }
+        transpose_halves_8x8(r, t);
+        /* Two sets of sums (even and odd k): 8 dependency chains leave vpdpbusd's 4-cycle
+         * latency exposed at 2 per cycle, 16 do not. */
+        __m512i even[NTK_VNNI_CHUNK], odd[NTK_VNNI_CHUNK];
+        for (int b = 0; b < NTK_VNNI_CHUNK; b++) even[b] = odd[b] = _mm512_setzero_si512();
+        for (int j = 0; j < 8; j++) {
+            __m512i lo = _mm512_and_si512(t[j], nibble);
+            __m512i hi = _mm512_and_si512(_mm512_srli_epi16(t[j], 4), nibble);
+            __m512i c[4] = {_mm512_shuffle_epi8(lut_lo, lo), _mm512_shuffle_epi8(lut_hi, lo),
+                            _mm512_shuffle_epi8(lut_lo, hi), _mm512_shuffle_epi8(lut_hi, hi)};
+            for (int k = 0; k < 4; k += 2) {
+                for (int b = 0; b < NTK_VNNI_CHUNK; b++) {
+                    const int8_t *x = a->x + (v0 + b) * a->x_stride + g * NTK_GROUP + 32 * k + 4 * j;
+                    NTK_DPBUSD_BROADCAST(even[b], c[k], x);
+                    NTK_DPBUSD_BROADCAST(odd[b], c[k + 1], x + 32);
+                }
+            }
+        }
+        __m512 group_scales = _mm512_castpd_ps(_mm512_insertf64x4(
+            _mm512_castpd256_pd512(_mm256_castps_pd(_mm256_load_ps(scales_a + g * NTK_TILE))),
+            _mm256_castps_pd(_mm256_load_ps(scales_b + g * scale_step_b)), 1));
+        for (int b = 0; b < NTK_VNNI_CHUNK; b++) {
+            __m512i dots = _mm512_sub_epi32(_mm512_add_epi32(even[b], odd[b]),
+                                            _mm512_set1_epi32(a->x_sums[(v0 + b) * w->groups + g]));
+            acc[b] = _mm512_fmadd_ps(group_scales, _mm512_cvtepi32_ps(dots), acc[b]);
+        }
+    }
+    for (int b = 0; b < NTK_VNNI_CHUNK; b++) {
+        float out[2 * NTK_TILE];
+        _mm512_storeu_ps(out, _mm512_mul_ps(acc[b], _mm512_set1_ps(a->act_scales[v0 + b])));
+        for (size_t r = 0; r < count; r++) y[(v0 + b) * y_stride + r] = out[r];
+    }
+}
+
+NTK_AVX512VNNI void ntk_gemm_i2p_i8_avx512vnni(const ntk_weights *w, const ntk_acts *a,
+                                               size_t row_begin, size_t row_count, float *y,
+                                               size_t y_stride) {
+    size_t chunked = a->batch / NTK_VNNI_CHUNK * NTK_VNNI_CHUNK;
+    for (size_t v0 = 0; v0 < chunked; v0 += NTK_VNNI_CHUNK) {
+        for (size_t i = 0; i < row_count; i += 2 * NTK_TILE) {
+            size_t count = row_count - i < 2 * NTK_TILE ? row_count - i : 2 * NTK_TILE;
+            gemm_block_vnni(w, a, row_begin + i, count, v0, y + i, y_stride);
+        }
+    }
+    if (chunked < a->batch) {
+        /* The remaining vectors through the pair kernel, which needs no chunk. */
+        ntk_acts rest = *a;
+        rest.x = a->x + chunked * a->x_stride;
+        rest.x_sums = a->x_sums + chunked * w->groups;
+        rest.act_scales = a->act_scales + chunked;
+        rest.batch = a->batch - chunked;
+        gemm_pairs_avx512vnni(w, &rest, row_begin, row_count, y + chunked * y_stride, y_stride);
+    }
+}
 
 int ntk_has_x86_kernels(void) { return 1; }
 #else
