@@ -377,3 +377,60 @@ fn cli_mode_prints_one_completion() {
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("m.gguf"));
 }
+
+/// `serve --bench` on a small model file: the JSON report has every figure, and the ones that
+/// follow from the model (weight bytes read per token, operations per token) are its real sizes.
+/// Speeds are only checked to be measured (positive), never against a threshold.
+#[test]
+fn bench_mode_reports_every_figure_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gguf, mhc) = model_files(dir.path());
+    let out = Command::new(assert_cmd::cargo::cargo_bin("serve"))
+        .arg("--model")
+        .arg(&gguf)
+        .arg("--mhc")
+        .arg(&mhc)
+        .args(["--bench", "--threads", "2", "--json"])
+        .args(["--bench-prompt-tokens", "16", "--bench-decode-tokens", "8"])
+        .args(["--bench-streams", "3", "--bench-repeats", "1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Planar form: rows padded to tiles of 8, per row and group of 128 weights 32 bytes of
+    // codes and a 4-byte scale.
+    let config = model::Model::load(&gguf, Some(&mhc)).unwrap().0.config;
+    let planar_bytes: usize = config
+        .ternary_weights()
+        .iter()
+        .map(|(_, rows, cols)| rows.next_multiple_of(8) * cols.div_ceil(128) * (32 + 4))
+        .sum();
+    assert_eq!(
+        report["ternary_weight_bytes_per_token"],
+        json!(planar_bytes)
+    );
+    let macs: usize = config.ternary_weights().iter().map(|(_, r, c)| r * c).sum();
+    assert_eq!(report["weight_ops_per_token"], json!(2.0 * macs as f64));
+    let per_threads = report["per_threads"].as_array().unwrap();
+    assert_eq!(per_threads.len(), 2, "1 thread and --threads");
+    for row in per_threads {
+        for key in [
+            "prefill_tokens_per_s",
+            "decode_tokens_per_s",
+            "batched_decode_tokens_per_s",
+        ] {
+            assert!(row[key].as_f64().unwrap() > 0.0, "{key}: {row}");
+        }
+    }
+    for key in [
+        "kernel_gops_1_thread",
+        "efficiency_1_thread",
+        "read_bandwidth_1_thread_bytes_per_s",
+        "decode_1_thread_weight_bytes_per_s",
+    ] {
+        assert!(report[key].as_f64().unwrap() > 0.0, "{key}");
+    }
+    assert_eq!(report["engine"]["streams"], json!(3));
+    assert!(stderr.contains("memory roofline:"), "{stderr}");
+}

@@ -304,6 +304,22 @@ impl Model {
         result
     }
 
+    /// Bytes of planar codes and scales that one token's ternary matrix products read: every
+    /// block's matrices and a ternary LM head (what decoding streams from memory per token).
+    pub fn ternary_weight_bytes(&self) -> usize {
+        let bytes = |w: &PlanarWeights| w.codes().len() + std::mem::size_of_val(w.scales());
+        let blocks: usize = self
+            .blocks
+            .iter()
+            .map(|b| bytes(&b.qkv) + bytes(&b.attn_output) + bytes(&b.gate_up) + bytes(&b.ffn_down))
+            .sum();
+        blocks
+            + match &self.head {
+                Head::Ternary(w) => bytes(w),
+                Head::Tied => 0,
+            }
+    }
+
     /// `s.u` = the input of sub-layer `module` (0, 1 for block 0's attention and FFN, ...).
     fn sublayer_input(&self, module: usize, s: &mut Scratch) {
         match self.mixings.get(module) {

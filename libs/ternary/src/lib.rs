@@ -2,13 +2,15 @@
 //!
 //! Owns: the 2-bit trit codes ([`trit`]), absmean group quantization of weights and absmax int8
 //! quantization of activations ([`quant`]), planar runtime weights ([`planar`]), the Rust reference
-//! GEMV that defines every result bit for bit ([`reference`]), and the CPU kernels with their runtime
-//! dispatch ([`kernels`]). Does not own file formats (libs/gguf) or any I/O policy.
+//! GEMV that defines every result bit for bit ([`reference`]), the CPU kernels with their runtime
+//! dispatch ([`kernels`]), and the memory read bandwidth probe the benchmarks compare them with
+//! ([`bandwidth`]). Does not own file formats (libs/gguf) or any I/O policy.
 //!
 //! Shapes: a weight matrix is `[rows, cols]` = `[M, K]` (output features × input features); groups of
 //! [`GROUP_SIZE`] weights run along K.
 
 pub mod aligned;
+pub mod bandwidth;
 pub mod kernels;
 pub mod planar;
 pub mod quant;

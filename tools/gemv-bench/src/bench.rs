@@ -2,10 +2,10 @@
 //! repeated samples, turned into GOPS, weight bytes per second and a share of the measured read
 //! bandwidth at the same thread count.
 
-use crate::bandwidth::Probe;
 use serde_json::json;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
+use ternary::bandwidth::Probe;
 use ternary::{kernels, synthetic, Kernel, PlanarWeights, QuantizedBatch, GROUP_CODE_BYTES};
 
 /// With `--cold`, the copies of a matrix together take at least this many bytes, far beyond any

@@ -2,7 +2,6 @@
 //! read bandwidth (measured at start). Thin binary: flags, progress and printing; the measuring
 //! lives in `bench.rs`, the bandwidth probe in `bandwidth.rs`.
 
-mod bandwidth;
 mod bench;
 
 use clap::Parser;

@@ -78,6 +78,7 @@ pub fn run(options: &BenchOptions) -> Result<serde_json::Value, String> {
         per_threads.push(row);
     }
 
+    let weight_bytes = model.ternary_weight_bytes();
     // Concurrent requests through the scheduler, on the global pool (`threads` threads).
     let engine = Engine::start(
         model,
@@ -126,6 +127,18 @@ pub fn run(options: &BenchOptions) -> Result<serde_json::Value, String> {
         kv_bytes as f64 / 1e6,
         64 + options.decode_tokens
     );
+    // Decoding reads every ternary matrix once per token: its speed is bounded by how fast one
+    // core reads memory (measured after the resident-memory figures, the probe's buffer is big).
+    let read_bandwidth = with_threads(1, || ternary::bandwidth::Probe::new().read_bandwidth(1))?;
+    let weight_stream = weight_bytes as f64 * decode_1;
+    eprintln!(
+        "memory roofline: {:.1} MB of ternary weights read per token x {decode_1:.1} tokens/s = \
+         {:.1} GB/s, {:.0}% of this machine's 1-thread read bandwidth ({:.1} GB/s)",
+        weight_bytes as f64 / 1e6,
+        weight_stream / 1e9,
+        100.0 * weight_stream / read_bandwidth,
+        read_bandwidth / 1e9
+    );
     Ok(json!({
         "model": config,
         "gguf_bytes": gguf_bytes,
@@ -141,6 +154,9 @@ pub fn run(options: &BenchOptions) -> Result<serde_json::Value, String> {
         },
         "weight_ops_per_token": ops_per_token,
         "efficiency_1_thread": efficiency,
+        "ternary_weight_bytes_per_token": weight_bytes,
+        "read_bandwidth_1_thread_bytes_per_s": read_bandwidth,
+        "decode_1_thread_weight_bytes_per_s": weight_stream,
         "rss_bytes": {"start": rss_start, "loaded": rss_loaded, "end": rss_end},
         "kv_cache_bytes_per_sequence": kv_bytes,
     }))

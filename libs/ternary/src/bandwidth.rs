@@ -31,7 +31,14 @@ pub struct Probe {
     words: Vec<u64>,
 }
 
+impl Default for Probe {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Probe {
+    /// Allocates and writes the 512 MB buffer.
     pub fn new() -> Self {
         let words = (0..BUFFER_BYTES / 8)
             .map(|i| (i as u64).wrapping_mul(0x9E3779B97F4A7C15) | 1)
