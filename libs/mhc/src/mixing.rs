@@ -197,28 +197,66 @@ impl Mixing {
     /// If `c == 0`, `layer_out.len()` is not a multiple of `c`, or
     /// `streams.len() != n·layer_out.len()`.
     pub fn apply(&self, streams: &mut [f32], layer_out: &[f32], c: usize) {
-        let n = self.n_streams().count();
-        check_shapes(n, c, layer_out.len(), streams.len());
+        let n = self.n_streams();
+        check_shapes(n.count(), c, layer_out.len(), streams.len());
         let h = self.h_res.as_row_major();
-        for (row, y_row) in streams
-            .chunks_exact_mut(n * c)
+        for (row, y) in streams
+            .chunks_exact_mut(n.count() * c)
             .zip(layer_out.chunks_exact(c))
         {
-            for (j, &y) in y_row.iter().enumerate() {
-                let mut old = [0.0f32; MAX_N];
-                for (s, o) in old[..n].iter_mut().enumerate() {
-                    *o = row[s * c + j];
+            // Each stream a slice of its own, so the compiler knows they do not overlap and
+            // vectorizes along the channels.
+            match n {
+                NStreams::Two => {
+                    let (s0, s1) = row.split_at_mut(c);
+                    apply_two(h, &self.h_post, s0, s1, y);
                 }
-                for i in 0..n {
-                    let mut acc = h[i * n] * old[0];
-                    for s in 1..n {
-                        acc += h[i * n + s] * old[s];
-                    }
-                    acc += self.h_post[i] * y;
-                    row[i * c + j] = acc;
+                NStreams::Four => {
+                    let (s01, s23) = row.split_at_mut(2 * c);
+                    let ((s0, s1), (s2, s3)) = (s01.split_at_mut(c), s23.split_at_mut(c));
+                    apply_four(h, &self.h_post, [s0, s1, s2, s3], y);
                 }
             }
         }
+    }
+}
+
+/// [`Mixing::apply`] on one row of two streams.
+fn apply_two(h: &[f32], post: &[f32], s0: &mut [f32], s1: &mut [f32], y: &[f32]) {
+    let (h, post): ([f32; 4], [f32; 2]) = (
+        h[..4].try_into().expect("H_res is 2x2"),
+        post[..2].try_into().expect("two h_post"),
+    );
+    for ((a, b), &y) in s0.iter_mut().zip(s1.iter_mut()).zip(y) {
+        let (x0, x1) = (*a, *b);
+        *a = h[0] * x0 + h[1] * x1 + post[0] * y;
+        *b = h[2] * x0 + h[3] * x1 + post[1] * y;
+    }
+}
+
+/// [`Mixing::apply`] on one row of four streams.
+fn apply_four(h: &[f32], post: &[f32], streams: [&mut [f32]; 4], y: &[f32]) {
+    let (h, post): ([f32; 16], [f32; 4]) = (
+        h[..16].try_into().expect("H_res is 4x4"),
+        post[..4].try_into().expect("four h_post"),
+    );
+    let [s0, s1, s2, s3] = streams;
+    for ((((a, b), c), d), &y) in s0
+        .iter_mut()
+        .zip(s1.iter_mut())
+        .zip(s2.iter_mut())
+        .zip(s3.iter_mut())
+        .zip(y)
+    {
+        let x = [*a, *b, *c, *d];
+        let mix = |i: usize| {
+            h[4 * i] * x[0]
+                + h[4 * i + 1] * x[1]
+                + h[4 * i + 2] * x[2]
+                + h[4 * i + 3] * x[3]
+                + post[i] * y
+        };
+        (*a, *b, *c, *d) = (mix(0), mix(1), mix(2), mix(3));
     }
 }
 
@@ -425,7 +463,15 @@ mod tests {
                 for i in 0..4 {
                     let mix: f64 = (0..4).map(|s| m.h_res().get(i, s) as f64 * xs(s)).sum();
                     let want = mix + m.h_post()[i] as f64 * y[bi * c + j] as f64;
-                    assert!((streams[bi * 4 * c + i * c + j] as f64 - want).abs() < 1e-6);
+                    let got = streams[bi * 4 * c + i * c + j];
+                    assert!((got as f64 - want).abs() < 1e-6);
+                    // Bit for bit the documented f32 order (what the training graph computes).
+                    let mut acc = m.h_res().get(i, 0) * xs(0) as f32;
+                    for s in 1..4 {
+                        acc += m.h_res().get(i, s) * xs(s) as f32;
+                    }
+                    acc += m.h_post()[i] * y[bi * c + j];
+                    assert_eq!(got, acc);
                 }
             }
         }
