@@ -140,17 +140,28 @@ fn absmax(x: &[f32]) -> f32 {
     lanes.iter().fold(tail, |m, &v| m.max(v))
 }
 
-/// `x.round().clamp(-127, 127) as i8` without libm's `roundf` (a call per element on baseline
-/// x86-64, where the loop above cannot vectorize it): truncation plus the exactly computed
-/// fraction give the same round-half-away-from-zero, with SSE2 alone. NaN gives 0, as the cast of
-/// a rounded NaN does.
+/// `x.round().clamp(-127, 127) as i8` in float and integer adds, compares and selects only, so a
+/// loop of it vectorizes (libm's `roundf` is a call per element on baseline x86-64, and a
+/// saturating `as i32` a scalar conversion per element): adding 1.5·2^23 rounds a float of
+/// magnitude ≤ 128 to the nearest integer, ties to even, exactly, and leaves that integer in the
+/// low bits; a tie that rounded toward zero then moves one away from it. NaN gives 0, as the cast
+/// of a rounded NaN does.
+#[inline(always)]
 fn round_activation(x: f32) -> i8 {
-    // Saturated to ±128 first, so nothing overflows for huge or infinite x (they clamp anyway).
-    let t = (x as i32).clamp(-128, 128);
-    // Exact: for |x| < 128 the fraction of x is representable.
-    let fraction = x - t as f32;
-    let rounded = t + i32::from(fraction >= 0.5) - i32::from(fraction <= -0.5);
-    rounded.clamp(-(ACT_MAX as i32), ACT_MAX as i32) as i8
+    const SHIFTER: f32 = 12_582_912.0; // 1.5 · 2^23: one unit in the last place is 1
+                                       // Clamped first, so huge or infinite x stay in the shifter's exact range (they clamp anyway).
+    let x = if x.is_nan() {
+        0.0
+    } else {
+        x.clamp(-128.0, 128.0)
+    };
+    let shifted = x + SHIFTER;
+    let nearest_even = shifted - SHIFTER;
+    // Exact: both are within 128 of each other's binade.
+    let off = x - nearest_even;
+    let n = shifted.to_bits() as i32 - SHIFTER.to_bits() as i32;
+    let n = n + i32::from(off == 0.5 && x > 0.0) - i32::from(off == -0.5 && x < 0.0);
+    n.clamp(-(ACT_MAX as i32), ACT_MAX as i32) as i8
 }
 
 fn fill_group_sums(padded: &[i8], group_sums: &mut [i32]) {
@@ -371,8 +382,13 @@ mod tests {
             0.499_999_97,
             -0.499_999_97,
             1.5,
+            -1.5,
             2.5,
+            -2.5,
+            3.5,
+            -3.5,
             126.5,
+            -126.5,
             127.49,
             127.5,
             -127.5,
