@@ -129,6 +129,7 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
 #[cfg(target_arch = "x86_64")]
 mod simd {
     use super::{GroupView, NEGLIGIBLE_EXPONENT, NEGLIGIBLE_WEIGHT};
+    use crate::vmath::x86::exp_of_negative;
     use std::arch::x86_64::*;
 
     /// Whether [`attend_avx2_fma`] runs here for heads of `head_dim` channels.
@@ -263,31 +264,6 @@ mod simd {
         _mm256_storeu_ps(block.as_mut_ptr(), _mm256_and_ps(p, kept));
     }
 
-    /// `e^x` for x ≤ 0 (within 2 ulps down to -87; anything lower, -∞ and NaN included, gives a
-    /// value that the caller masks off): x = n·ln 2 + r with |r| ≤ ln 2 / 2, e^r by its Taylor
-    /// polynomial of degree 6, times 2^n built in the exponent bits.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn exp_of_negative(x: __m256) -> __m256 {
-        const LN2_HI: f32 = 0.693_359_4;
-        const LN2_LO: f32 = -2.121_944_4e-4;
-        let x = _mm256_max_ps(x, _mm256_set1_ps(-87.0));
-        let n = _mm256_round_ps(
-            _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
-            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
-        );
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
-        let mut p = _mm256_set1_ps(1.0 / 720.0);
-        for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
-            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
-        }
-        let two_to_n = _mm256_castsi256_ps(_mm256_slli_epi32(
-            _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)),
-            23,
-        ));
-        _mm256_mul_ps(p, two_to_n)
-    }
-
     /// `out = Σ_t p_t · v_t`, 64 channels (eight vectors of accumulators) at a time.
     #[target_feature(enable = "avx2,fma")]
     unsafe fn weighted_values(group: &GroupView<'_>, weights: &[f32], out: &mut [f32]) {
@@ -404,26 +380,6 @@ mod tests {
             scale: 1.0,
         };
         attend(&view, &mut [0.0; 3], &mut [0.0; 8]);
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn vector_exp_is_within_two_ulps_of_f64() {
-        use std::arch::x86_64::*;
-        if !simd::usable(8) {
-            return;
-        }
-        let mut worst = 0.0f64;
-        for i in 0..=87_000 {
-            let x = -(i as f32) / 1000.0;
-            let mut got = [0.0f32; 8];
-            // SAFETY: AVX2 and FMA are present (checked above); `got` holds 8 floats.
-            unsafe { _mm256_storeu_ps(got.as_mut_ptr(), simd::exp_of_negative(_mm256_set1_ps(x))) };
-            let exact = (x as f64).exp();
-            let ulp = f64::from(f32::EPSILON) * exact.max(f64::from(f32::MIN_POSITIVE));
-            worst = worst.max((got[0] as f64 - exact).abs() / ulp);
-        }
-        assert!(worst <= 2.0, "worst error {worst} ulps");
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod sampling;
 pub mod stream;
 pub mod testmodel;
 pub mod tokenizer;
+mod vmath;
 
 pub use config::{ConfigError, ModelConfig, MoeConfig, PRESETS};
 pub use engine::{

@@ -27,6 +27,7 @@ use ternary::{Kernel, PlanarWeights, QuantizedBatch};
 use crate::attention::{attend, dot, GroupView};
 use crate::config::ModelConfig;
 use crate::kv::KvCache;
+use crate::vmath::swiglu_rows;
 
 /// The token embedding table `[V, C]`, as the file stores it.
 pub enum Embedding {
@@ -238,12 +239,7 @@ impl Model {
             self.sublayer_input(2 * l + 1, &mut s);
             rmsnorm_rows(&s.u, &block.ffn_norm, cfg.norm_eps, &mut s.h);
             self.bitlinear(&block.gate_up, &s.h, c, &mut s.gate_up);
-            for (gu, a) in s.gate_up.chunks_exact(2 * f).zip(s.act.chunks_exact_mut(f)) {
-                let (gate, up) = gu.split_at(f);
-                for ((a, &g), &u) in a.iter_mut().zip(gate).zip(up) {
-                    *a = silu(g) * u;
-                }
-            }
+            swiglu_rows(&s.gate_up, f, &mut s.act);
             self.bitlinear(&block.ffn_down, &s.act, f, &mut s.out);
             self.residual_update(2 * l + 1, &mut s);
         }
@@ -424,10 +420,6 @@ fn rope(x: &mut [f32], rotations: &[(f32, f32)]) {
             *b = x0 * sin + x1 * cos;
         }
     }
-}
-
-fn silu(g: f32) -> f32 {
-    g / (1.0 + (-g).exp())
 }
 
 #[cfg(test)]
