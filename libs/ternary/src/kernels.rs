@@ -4,8 +4,9 @@
 //! csrc/kernels.c), portable scalar C, and the Rust reference. [`Kernel::selected`] picks the best
 //! one this CPU runs, once, unless the environment variable `NANOCHAT_KERNEL` names another
 //! (`reference`, `scalar`, `avx2`, `avx512bw`, `avx512vnni`). Every kernel gives the reference's
-//! bits (tools/verify-triangle checks it). The AVX-512 variants have a GEMV of their own; their GEMM
-//! is the AVX2 one (AVX-512 CPUs run AVX2 code).
+//! bits (tools/verify-triangle checks it). Every SIMD kernel has a GEMV and a GEMM of its own; the
+//! AVX-512 VNNI GEMM takes whole chunks of 8 vectors through a transposed layout and the rest
+//! through the row-pair layout of its GEMV.
 //!
 //! The entry points check every length, the alignment the C code relies on, and that this CPU runs
 //! the kernel, before any foreign call. `par_*` split rows across the current rayon pool.
