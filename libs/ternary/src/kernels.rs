@@ -642,20 +642,26 @@ mod tests {
 
     #[test]
     fn gemm_matches_per_vector_reference_for_every_batch_size() {
+        type GemmFn =
+            fn(Kernel, &PlanarWeights, &QuantizedBatch, &mut [f32]) -> Result<(), KernelError>;
+        // 19 rows: on one thread a block of two full tiles and one of a partial tile alone (the
+        // VNNI GEMM's 16-row blocks); split across threads, tiles one by one.
         let (rows, cols) = (19, 520);
         let w = random_weights(rows, cols, 5);
-        for batch in [1, 2, 5, 16, 17, 33] {
+        for batch in [1, 2, 5, 8, 16, 17, 33] {
             let x = QuantizedBatch::quantize(&activations(cols, batch, batch as u64), cols);
             let mut expected = vec![0f32; rows * batch];
             reference::gemm(&w, &x, &mut expected);
             for kernel in Kernel::available() {
-                let mut y = vec![f32::NAN; rows * batch];
-                par_gemm(kernel, &w, &x, &mut y).unwrap();
-                let same = y
-                    .iter()
-                    .zip(&expected)
-                    .all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(same, "{kernel} batch {batch}");
+                for (split, run) in [("gemm", gemm as GemmFn), ("par_gemm", par_gemm)] {
+                    let mut y = vec![f32::NAN; rows * batch];
+                    run(kernel, &w, &x, &mut y).unwrap();
+                    let same = y
+                        .iter()
+                        .zip(&expected)
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{kernel} {split} batch {batch}");
+                }
             }
         }
     }
