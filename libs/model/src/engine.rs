@@ -11,7 +11,7 @@ use crate::config::ModelConfig;
 use crate::kv::KvCache;
 use crate::model::{Logits, Model, SeqInput};
 use crate::sampling::Sampler;
-use crate::stream::{Delta, TextStream};
+use crate::stream::{Delta, Detokenizer, TextStream};
 use crate::tokenizer::Tokenizer;
 
 /// How the next token is chosen.
@@ -281,6 +281,7 @@ struct Sequence {
     /// Prompt tokens already in the cache.
     prefilled: usize,
     generated: Vec<u32>,
+    detokenizer: Detokenizer,
     text: TextStream,
 }
 
@@ -355,6 +356,7 @@ impl Scheduler {
                 sampler: Sampler::new(job.request.sampling.clone()),
                 prefilled: 0,
                 generated: Vec::new(),
+                detokenizer: Detokenizer::default(),
                 text: TextStream::new(&job.request.stop),
                 request: job.request,
                 events: job.events,
@@ -436,20 +438,19 @@ fn advance(seq: &mut Sequence, token: u32, tokenizer: &Tokenizer, context: usize
         }));
         false
     };
-    let decode = |seq: &Sequence| tokenizer.decode(&seq.generated);
+    let whole_text = |seq: &Sequence| seq.detokenizer.finish(tokenizer, &seq.generated);
     if tokenizer.stop_tokens().contains(&token) {
-        let tail = match decode(seq) {
+        let tail = match whole_text(seq) {
             Ok(text) => seq.text.flush(&text),
             Err(e) => return fail(seq, e.to_string()),
         };
         return finish(seq, FinishReason::Stop, tail);
     }
     seq.generated.push(token);
-    let text = match decode(seq) {
-        Ok(text) => text,
-        Err(e) => return fail(seq, e.to_string()),
-    };
-    match seq.text.update(&text) {
+    if let Err(e) = seq.detokenizer.update(tokenizer, &seq.generated) {
+        return fail(seq, e.to_string());
+    }
+    match seq.text.update(seq.detokenizer.text()) {
         Delta::Stopped(before) => finish(seq, FinishReason::Stop, before),
         Delta::More(delta) => {
             if !delta.is_empty() && seq.events.send(GenerationEvent::Text(delta)).is_err() {
@@ -458,7 +459,10 @@ fn advance(seq: &mut Sequence, token: u32, tokenizer: &Tokenizer, context: usize
             // Prompt and completion together never exceed the context.
             let total = seq.request.prompt.len() + seq.generated.len();
             if seq.generated.len() >= seq.request.max_tokens || total >= context {
-                let tail = seq.text.flush(&text);
+                let tail = match whole_text(seq) {
+                    Ok(text) => seq.text.flush(&text),
+                    Err(e) => return fail(seq, e.to_string()),
+                };
                 return finish(seq, FinishReason::Length, tail);
             }
             true

@@ -1,5 +1,55 @@
 //! Turning generated token ids into text deltas: UTF-8 complete, and never any part of a stop
 //! string (text that could still grow into one is held back until it cannot).
+//!
+//! [`Detokenizer`] decodes incrementally (each new token costs a decode of a few tokens, not of
+//! the whole completion); [`TextStream`] decides what of that text may be sent.
+
+use crate::tokenizer::{Tokenizer, TokenizerError};
+
+/// The completion's text, decoded a few tokens at a time: the byte-level decoder turns a run of
+/// tokens into the concatenation of their bytes, so the text of tokens `[prefix, n)` minus that
+/// of `[prefix, read)` is what tokens `[read, n)` add, once it no longer ends in half a
+/// character (shown as U+FFFD). The window restarts after each such complete piece.
+#[derive(Debug, Default)]
+pub struct Detokenizer {
+    text: String,
+    prefix: usize,
+    read: usize,
+}
+
+impl Detokenizer {
+    /// The complete characters of the tokens taken so far.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// Takes `ids` (every token of the completion so far; the last one is new).
+    pub fn update(&mut self, tokenizer: &Tokenizer, ids: &[u32]) -> Result<(), TokenizerError> {
+        let before = tokenizer.decode(&ids[self.prefix..self.read])?;
+        let now = tokenizer.decode(&ids[self.prefix..])?;
+        if now.len() > before.len() && !now.ends_with('\u{FFFD}') {
+            match now.get(before.len()..) {
+                Some(added) if now.starts_with(&before) => self.text.push_str(added),
+                // Not a concatenation after all (a decoder that rewrites text): whole decode.
+                _ => self.text = tokenizer.decode(ids)?,
+            }
+            self.prefix = self.read;
+            self.read = ids.len();
+        }
+        Ok(())
+    }
+
+    /// The whole text of `ids` at the end of the completion, a trailing partial character
+    /// included (as U+FFFD).
+    pub fn finish(&self, tokenizer: &Tokenizer, ids: &[u32]) -> Result<String, TokenizerError> {
+        let before = tokenizer.decode(&ids[self.prefix..self.read])?;
+        let now = tokenizer.decode(&ids[self.prefix..])?;
+        Ok(match now.get(before.len()..) {
+            Some(added) if now.starts_with(&before) => format!("{}{added}", self.text),
+            _ => tokenizer.decode(ids)?,
+        })
+    }
+}
 
 /// What to do after a token's text arrived.
 #[derive(Debug, PartialEq, Eq)]
@@ -139,6 +189,41 @@ mod tests {
     fn the_earliest_of_several_stop_strings_wins() {
         let (d, _) = run(&["END", "fn"], &["let x = 1; fn f() END"]);
         assert_eq!(d, vec![Delta::Stopped("let x = 1; ".into())]);
+    }
+
+    #[test]
+    fn incremental_decoding_gives_the_whole_decode() {
+        let tokenizer =
+            Tokenizer::from_json(&crate::tokenizer::byte_level_json(300)).expect("tokenizer");
+        // Multi-byte characters split across tokens (one byte each), and an end-of-text token.
+        let mut ids = tokenizer.encode("fn café() { \"日本\" } // ok ✓").unwrap();
+        ids.insert(7, tokenizer.end_of_text());
+        let mut detok = Detokenizer::default();
+        let mut seen = Vec::new();
+        for n in 1..=ids.len() {
+            detok.update(&tokenizer, &ids[..n]).unwrap();
+            let whole = tokenizer.decode(&ids[..n]).unwrap();
+            assert!(whole.starts_with(detok.text()), "{n}: {:?}", detok.text());
+            assert!(!detok.text().contains('\u{FFFD}'));
+            seen.push(detok.text().len());
+        }
+        assert!(
+            seen.windows(2).any(|w| w[0] == w[1]),
+            "a split character waited"
+        );
+        let all = tokenizer.decode(&ids).unwrap();
+        assert_eq!(detok.text(), all);
+        assert_eq!(detok.finish(&tokenizer, &ids).unwrap(), all);
+        // Ending inside a character: the partial one comes out as the whole decode shows it.
+        let cut = &ids[..ids.len() - 1];
+        let mut detok = Detokenizer::default();
+        for n in 1..=cut.len() {
+            detok.update(&tokenizer, &cut[..n]).unwrap();
+        }
+        assert_eq!(
+            detok.finish(&tokenizer, cut).unwrap(),
+            tokenizer.decode(cut).unwrap()
+        );
     }
 
     #[test]
