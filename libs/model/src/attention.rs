@@ -134,7 +134,7 @@ mod simd {
 
     /// Whether [`attend_avx2_fma`] runs here for heads of `head_dim` channels.
     pub(super) fn usable(head_dim: usize) -> bool {
-        head_dim % 8 == 0 && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+        head_dim % 8 == 0 && crate::vmath::x86::usable()
     }
 
     /// [`super::attend_portable`] in 8-wide vectors, one head at a time (its keys and values

@@ -11,10 +11,12 @@ pub(crate) fn swiglu_rows(gate_up: &[f32], f: usize, out: &mut [f32]) {
         2 * out.len(),
         "gate|up rows are twice the output rows"
     );
+    #[cfg(target_arch = "x86_64")]
+    let vector = x86::usable();
     for (gu, a) in gate_up.chunks_exact(2 * f).zip(out.chunks_exact_mut(f)) {
         let (gate, up) = gu.split_at(f);
         #[cfg(target_arch = "x86_64")]
-        if x86::usable() {
+        if vector {
             // SAFETY: the CPU has AVX2 and FMA (checked by `usable`); the three slices hold f
             // values each (split above).
             unsafe { x86::swiglu(gate, up, a) };
