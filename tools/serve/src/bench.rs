@@ -129,7 +129,7 @@ pub fn run(options: &BenchOptions) -> Result<serde_json::Value, String> {
     );
     // Decoding reads every ternary matrix once per token: its speed is bounded by how fast one
     // core reads memory (measured after the resident-memory figures, the probe's buffer is big).
-    let read_bandwidth = with_threads(1, || ternary::bandwidth::Probe::new().read_bandwidth(1))?;
+    let read_bandwidth = ternary::bandwidth::Probe::new().read_bandwidth(1)?;
     let weight_stream = weight_bytes as f64 * decode_1;
     eprintln!(
         "memory roofline: {:.1} MB of ternary weights read per token x {decode_1:.1} tokens/s = \
