@@ -15,6 +15,8 @@ pub struct Detokenizer {
     text: String,
     prefix: usize,
     read: usize,
+    /// The text of tokens `[prefix, read)`, kept rather than decoded again every token.
+    head: String,
 }
 
 impl Detokenizer {
@@ -25,13 +27,18 @@ impl Detokenizer {
 
     /// Takes `ids` (every token of the completion so far; the last one is new).
     pub fn update(&mut self, tokenizer: &Tokenizer, ids: &[u32]) -> Result<(), TokenizerError> {
-        let before = tokenizer.decode(&ids[self.prefix..self.read])?;
         let now = tokenizer.decode(&ids[self.prefix..])?;
-        if now.len() > before.len() && !now.ends_with('\u{FFFD}') {
-            match now.get(before.len()..) {
-                Some(added) if now.starts_with(&before) => self.text.push_str(added),
+        if now.len() > self.head.len() && !now.ends_with('\u{FFFD}') {
+            match now.strip_prefix(self.head.as_str()) {
+                Some(added) => {
+                    self.text.push_str(added);
+                    self.head = added.to_string();
+                }
                 // Not a concatenation after all (a decoder that rewrites text): whole decode.
-                _ => self.text = tokenizer.decode(ids)?,
+                None => {
+                    self.text = tokenizer.decode(ids)?;
+                    self.head = tokenizer.decode(&ids[self.read..])?;
+                }
             }
             self.prefix = self.read;
             self.read = ids.len();
@@ -42,11 +49,10 @@ impl Detokenizer {
     /// The whole text of `ids` at the end of the completion, a trailing partial character
     /// included (as U+FFFD).
     pub fn finish(&self, tokenizer: &Tokenizer, ids: &[u32]) -> Result<String, TokenizerError> {
-        let before = tokenizer.decode(&ids[self.prefix..self.read])?;
         let now = tokenizer.decode(&ids[self.prefix..])?;
-        Ok(match now.get(before.len()..) {
-            Some(added) if now.starts_with(&before) => format!("{}{added}", self.text),
-            _ => tokenizer.decode(ids)?,
+        Ok(match now.strip_prefix(self.head.as_str()) {
+            Some(added) => format!("{}{added}", self.text),
+            None => tokenizer.decode(ids)?,
         })
     }
 }
