@@ -12,6 +12,7 @@ pub mod bench;
 pub mod config;
 pub mod engine;
 pub mod export;
+mod hot;
 pub mod kv;
 pub mod load;
 pub mod metadata;

@@ -147,6 +147,11 @@ impl Model {
     /// If a token is outside the vocabulary or a sequence would exceed the context (the engine
     /// checks both before calling).
     pub fn forward(&self, batch: &mut [SeqInput<'_>]) -> Vec<Vec<f32>> {
+        crate::hot::with_hot_workers(|| self.forward_pass(batch))
+    }
+
+    /// [`Self::forward`] on the calling thread, its parallel regions on the current pool.
+    fn forward_pass(&self, batch: &mut [SeqInput<'_>]) -> Vec<Vec<f32>> {
         let cfg = &self.config;
         let (c, kv, f) = (cfg.dim, cfg.kv_dim(), cfg.ffn_dim);
         let n = cfg.mhc_streams;
