@@ -2,8 +2,11 @@
 //! key/value head (grouped-query attention) are done together, `out_h = softmax(q_h·kᵀ · scale) · v`
 //! over every cached position.
 //!
-//! Two implementations of the same arithmetic: a portable one and, on x86-64 CPUs with AVX2 and
-//! FMA, one with 8-wide vectors (dot products of 8 positions reduced together, a polynomial `exp`,
+//! Keys and values are the cache's f16 or f32 (see [`crate::kv`]); queries, scores and sums are
+//! f32.
+//!
+//! Two implementations of the same arithmetic: a portable one and, on x86-64 CPUs with AVX2, FMA
+//! and F16C, one with 8-wide vectors (dot products of 8 positions reduced together, a polynomial `exp`,
 //! fused multiply-adds). They agree to a few ulps, not bit for bit; a process always takes the same
 //! one, so prefill, decode and batched decode give the same bits as each other.
 //!
@@ -16,13 +19,58 @@ const NEGLIGIBLE_WEIGHT: f32 = 7.888_609e-31;
 /// ln(2^-100): scores this far below the maximum give a weight under [`NEGLIGIBLE_WEIGHT`].
 const NEGLIGIBLE_EXPONENT: f32 = -69.314_72;
 
+use half::f16;
+
+use crate::kv::KvLayer;
+
+/// A key or value channel as the cache stores it.
+pub(crate) trait KvValue: Copy {
+    fn widen(self) -> f32;
+
+    /// Eight consecutive values at `p`, as f32.
+    ///
+    /// # Safety
+    /// The CPU runs AVX2 and F16C; `p` points at eight readable values.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+}
+
+impl KvValue for f32 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const f32) -> std::arch::x86_64::__m256 {
+        // SAFETY: the caller guarantees AVX and eight readable floats.
+        unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
+    }
+}
+
+impl KvValue for f16 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const f16) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller guarantees F16C and eight readable halves (16 bytes).
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
+    }
+}
+
 /// The query heads of one key/value head: `queries` holds them one after the other, `head_dim`
-/// each; key t of the head is `keys[t·stride + offset ..][..head_dim]`, likewise the values.
+/// each; key t of the head is `keys[t·stride + offset ..][..head_dim]` of `cache`, likewise the
+/// values.
 pub(crate) struct GroupView<'a> {
     pub queries: &'a [f32],
     pub head_dim: usize,
-    pub keys: &'a [f32],
-    pub values: &'a [f32],
+    pub cache: KvLayer<'a>,
     pub stride: usize,
     pub offset: usize,
     pub scale: f32,
@@ -41,6 +89,20 @@ impl GroupView<'_> {
 /// # Panics
 /// If the keys or values do not hold that many positions, or the buffers are sized otherwise.
 pub(crate) fn attend(group: &GroupView<'_>, weights: &mut [f32], out: &mut [f32]) {
+    match group.cache {
+        KvLayer::F16 { keys, values } => attend_stored(group, keys, values, weights, out),
+        KvLayer::F32 { keys, values } => attend_stored(group, keys, values, weights, out),
+    }
+}
+
+/// [`attend`] with the cache's keys and values as stored.
+fn attend_stored<T: KvValue>(
+    group: &GroupView<'_>,
+    keys: &[T],
+    values: &[T],
+    weights: &mut [f32],
+    out: &mut [f32],
+) {
     let (d, heads) = (group.head_dim, group.heads());
     let len = weights.len() / heads;
     assert_eq!(
@@ -52,28 +114,34 @@ pub(crate) fn attend(group: &GroupView<'_>, weights: &mut [f32], out: &mut [f32]
     if len > 0 {
         let last = (len - 1) * group.stride + group.offset + d;
         assert!(
-            last <= group.keys.len() && last <= group.values.len(),
+            last <= keys.len() && last <= values.len(),
             "the cache holds {len} positions"
         );
     }
     #[cfg(target_arch = "x86_64")]
     if simd::usable(d) {
-        // SAFETY: the CPU has AVX2 and FMA (checked by `usable`); the buffers' lengths were
+        // SAFETY: the CPU has AVX2, FMA and F16C (checked by `usable`); the buffers' lengths were
         // checked above, which is what the function's pointer arithmetic relies on.
-        return unsafe { simd::attend_avx2_fma(group, weights, out) };
+        return unsafe { simd::attend_avx2_fma(group, keys, values, weights, out) };
     }
-    attend_portable(group, weights, out)
+    attend_portable(group, keys, values, weights, out)
 }
 
 /// Per head the scores in position order, max, exp, sum, then the weighted sum of values in
 /// position order; each key and value row is read once for every head of the group.
-fn attend_portable(group: &GroupView<'_>, weights: &mut [f32], out: &mut [f32]) {
+fn attend_portable<T: KvValue>(
+    group: &GroupView<'_>,
+    keys: &[T],
+    values: &[T],
+    weights: &mut [f32],
+    out: &mut [f32],
+) {
     let d = group.head_dim;
     let len = weights.len() / group.heads();
     for t in 0..len {
-        let k = &group.keys[t * group.stride + group.offset..][..d];
+        let k = &keys[t * group.stride + group.offset..][..d];
         for (h, q) in group.queries.chunks_exact(d).enumerate() {
-            weights[h * len + t] = dot(q, k) * group.scale;
+            weights[h * len + t] = dot_with(q, k, T::widen) * group.scale;
         }
     }
     for scores in weights.chunks_exact_mut(len) {
@@ -96,14 +164,14 @@ fn attend_portable(group: &GroupView<'_>, weights: &mut [f32], out: &mut [f32]) 
     }
     out.fill(0.0);
     for t in 0..len {
-        let v = &group.values[t * group.stride + group.offset..][..d];
+        let v = &values[t * group.stride + group.offset..][..d];
         for (h, out_head) in out.chunks_exact_mut(d).enumerate() {
             let p = weights[h * len + t];
             if p == 0.0 {
                 continue;
             }
             for (o, &vv) in out_head.iter_mut().zip(v) {
-                *o += p * vv;
+                *o += p * vv.widen();
             }
         }
     }
@@ -112,40 +180,47 @@ fn attend_portable(group: &GroupView<'_>, weights: &mut [f32], out: &mut [f32]) 
 /// `Σ a_i·b_i` with eight independent accumulators.
 #[inline(always)]
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    dot_with(a, b, |x| x)
+}
+
+#[inline(always)]
+fn dot_with<B: Copy>(a: &[f32], b: &[B], widen: impl Fn(B) -> f32) -> f32 {
     let mut acc = [0.0f32; 8];
     let chunks = a.len() / 8 * 8;
     for (ca, cb) in a[..chunks].chunks_exact(8).zip(b[..chunks].chunks_exact(8)) {
         for i in 0..8 {
-            acc[i] += ca[i] * cb[i];
+            acc[i] += ca[i] * widen(cb[i]);
         }
     }
     let mut sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-    for (x, y) in a[chunks..].iter().zip(&b[chunks..]) {
-        sum += x * y;
+    for (&x, &y) in a[chunks..].iter().zip(&b[chunks..]) {
+        sum += x * widen(y);
     }
     sum
 }
 
 #[cfg(target_arch = "x86_64")]
 mod simd {
-    use super::{GroupView, NEGLIGIBLE_EXPONENT, NEGLIGIBLE_WEIGHT};
+    use super::{GroupView, KvValue, NEGLIGIBLE_EXPONENT, NEGLIGIBLE_WEIGHT};
     use crate::vmath::x86::exp_of_negative;
     use std::arch::x86_64::*;
 
     /// Whether [`attend_avx2_fma`] runs here for heads of `head_dim` channels.
     pub(super) fn usable(head_dim: usize) -> bool {
-        head_dim % 8 == 0 && crate::vmath::x86::usable()
+        head_dim % 8 == 0 && crate::vmath::x86::usable() && is_x86_feature_detected!("f16c")
     }
 
     /// [`super::attend_portable`] in 8-wide vectors, one head at a time (its keys and values
     /// are re-read from cache for each head of the group).
     ///
     /// # Safety
-    /// The CPU runs AVX2 and FMA; `group.head_dim % 8 == 0`; `group.keys` and `group.values` hold
-    /// `weights.len() / heads` positions; `out.len() == heads * head_dim`.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn attend_avx2_fma(
+    /// The CPU runs AVX2, FMA and F16C; `group.head_dim % 8 == 0`; `keys` and `values` hold
+    /// `weights.len() / heads` positions of `group`'s layout; `out.len() == heads * head_dim`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn attend_avx2_fma<T: KvValue>(
         group: &GroupView<'_>,
+        keys: &[T],
+        values: &[T],
         weights: &mut [f32],
         out: &mut [f32],
     ) {
@@ -157,18 +232,23 @@ mod simd {
             .zip(weights.chunks_exact_mut(len))
             .zip(out.chunks_exact_mut(d))
         {
-            scores_into(group, q, scores);
+            scores_into(group, keys, q, scores);
             softmax_in_place(scores);
-            weighted_values(group, scores, out_head);
+            weighted_values(group, values, scores, out_head);
         }
     }
 
     /// `scores[t] = q·k_t · scale`: eight positions at a time, their eight 8-lane partial sums
     /// reduced together by one transposing tree of `hadd`.
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn scores_into(group: &GroupView<'_>, q: &[f32], scores: &mut [f32]) {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn scores_into<T: KvValue>(
+        group: &GroupView<'_>,
+        keys: &[T],
+        q: &[f32],
+        scores: &mut [f32],
+    ) {
         let d = group.head_dim;
-        let key = |t: usize| group.keys.as_ptr().add(t * group.stride + group.offset);
+        let key = |t: usize| keys.as_ptr().add(t * group.stride + group.offset);
         let scale = _mm256_set1_ps(group.scale);
         let first = scores.len() / 8 * 8;
         let mut blocks = scores.chunks_exact_mut(8);
@@ -177,7 +257,7 @@ mod simd {
             for j in (0..d).step_by(8) {
                 let qv = _mm256_loadu_ps(q.as_ptr().add(j));
                 for (i, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_fmadd_ps(qv, _mm256_loadu_ps(key(8 * b + i).add(j)), *a);
+                    *a = _mm256_fmadd_ps(qv, T::load8(key(8 * b + i).add(j)), *a);
                 }
             }
             let sums = transpose_sum(&acc);
@@ -186,7 +266,7 @@ mod simd {
         for (i, s) in blocks.into_remainder().iter_mut().enumerate() {
             let mut acc = _mm256_setzero_ps();
             for j in (0..d).step_by(8) {
-                let k = _mm256_loadu_ps(key(first + i).add(j));
+                let k = T::load8(key(first + i).add(j));
                 acc = _mm256_fmadd_ps(_mm256_loadu_ps(q.as_ptr().add(j)), k, acc);
             }
             *s = horizontal_sum(acc) * group.scale;
@@ -286,9 +366,14 @@ mod simd {
     /// position is added, dropped ones too: `0 · v` adds nothing (v is finite), and a branch on
     /// the weight mispredicts wherever kept and dropped positions interleave, which cost more
     /// than the multiply-adds it saves.
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn weighted_values(group: &GroupView<'_>, weights: &[f32], out: &mut [f32]) {
-        let value = |t: usize| group.values.as_ptr().add(t * group.stride + group.offset);
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn weighted_values<T: KvValue>(
+        group: &GroupView<'_>,
+        values: &[T],
+        weights: &[f32],
+        out: &mut [f32],
+    ) {
+        let value = |t: usize| values.as_ptr().add(t * group.stride + group.offset);
         let done = out.len() / 64 * 64;
         let mut blocks = out.chunks_exact_mut(64);
         for (c, out_block) in (&mut blocks).enumerate() {
@@ -296,7 +381,7 @@ mod simd {
             for (t, &p) in weights.iter().enumerate() {
                 let (pv, v) = (_mm256_set1_ps(p), value(t).add(64 * c));
                 for (i, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_fmadd_ps(pv, _mm256_loadu_ps(v.add(8 * i)), *a);
+                    *a = _mm256_fmadd_ps(pv, T::load8(v.add(8 * i)), *a);
                 }
             }
             for (i, a) in acc.iter().enumerate() {
@@ -307,7 +392,7 @@ mod simd {
         for (i, out_vector) in blocks.into_remainder().chunks_exact_mut(8).enumerate() {
             let mut acc = _mm256_setzero_ps();
             for (t, &p) in weights.iter().enumerate() {
-                let v = _mm256_loadu_ps(value(t).add(done + 8 * i));
+                let v = T::load8(value(t).add(done + 8 * i));
                 acc = _mm256_fmadd_ps(_mm256_set1_ps(p), v, acc);
             }
             _mm256_storeu_ps(out_vector.as_mut_ptr(), acc);
@@ -319,16 +404,25 @@ mod simd {
 mod tests {
     use super::*;
 
-    /// Both implementations (the vector one where this CPU runs it) against a plain f64 softmax
-    /// per head, on scores spread far enough that most weights fall under the dropping threshold
-    /// for one head and none for the other, with a position count that leaves a vector tail.
+    /// Both implementations (the vector one where this CPU runs it), for both stored types,
+    /// against a plain f64 softmax per head of the stored values, on scores spread far enough
+    /// that most weights fall under the dropping threshold for one head and none for the other,
+    /// with a position count that leaves a vector tail.
     #[test]
     fn grouped_attention_matches_a_plain_softmax_per_head() {
+        matches_a_plain_softmax(|x| x, |keys, values| KvLayer::F32 { keys, values });
+        matches_a_plain_softmax(f16::from_f32, |keys, values| KvLayer::F16 { keys, values });
+    }
+
+    fn matches_a_plain_softmax<T: KvValue>(
+        store: fn(f32) -> T,
+        layer: for<'a> fn(&'a [T], &'a [T]) -> KvLayer<'a>,
+    ) {
         for d in [8, 64, 72] {
             let (len, kv_heads, stride) = (37, 2, 2 * d);
             let value = |i: usize| ((i * 7919 % 101) as f32 - 50.0) / 25.0;
-            let keys: Vec<f32> = (0..len * stride).map(value).collect();
-            let values: Vec<f32> = (0..len * stride).map(|i| value(i + 13)).collect();
+            let keys: Vec<T> = (0..len * stride).map(|i| store(value(i))).collect();
+            let values: Vec<T> = (0..len * stride).map(|i| store(value(i + 13))).collect();
             // Head 0: sharp (scores over a range of hundreds), head 1: soft, whatever d.
             let queries: Vec<f32> = (0..2 * d)
                 .map(|i| {
@@ -344,40 +438,47 @@ mod tests {
                 let view = GroupView {
                     queries: &queries,
                     head_dim: d,
-                    keys: &keys,
-                    values: &values,
+                    cache: layer(&keys, &values),
                     stride,
                     offset: kv_head * d,
                     scale,
                 };
-                type Attend = fn(&GroupView<'_>, &mut [f32], &mut [f32]);
-                let paths: [(&str, Attend); 2] =
-                    [("dispatched", attend), ("portable", attend_portable)];
-                for (path, run) in paths {
+                for path in ["dispatched", "portable"] {
                     let mut weights = vec![0.0; 2 * len];
                     let mut out = vec![0.0; 2 * d];
-                    run(&view, &mut weights, &mut out);
+                    match path {
+                        "dispatched" => attend(&view, &mut weights, &mut out),
+                        _ => attend_portable(&view, &keys, &values, &mut weights, &mut out),
+                    }
                     for h in 0..2 {
                         let q = &queries[h * d..(h + 1) * d];
                         let scores: Vec<f64> = (0..len)
                             .map(|t| {
                                 let k = &keys[t * stride + kv_head * d..][..d];
-                                q.iter().zip(k).map(|(a, b)| (*a * *b) as f64).sum::<f64>()
+                                q.iter()
+                                    .zip(k)
+                                    .map(|(a, b)| *a as f64 * b.widen() as f64)
+                                    .sum::<f64>()
                                     * scale as f64
                             })
                             .collect();
                         let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                         let exps: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
                         let sum: f64 = exps.iter().sum();
+                        // f32 scores carry an error of a few ulps of the largest, which the
+                        // exponential turns into the same relative error of each weight.
+                        let largest = scores.iter().fold(0.0f64, |m, s| m.max(s.abs()));
+                        let tolerance = 1e-5 + 8.0 * f32::EPSILON as f64 * largest;
                         for i in 0..d {
                             let expected: f64 = (0..len)
                                 .map(|t| {
-                                    exps[t] / sum * values[t * stride + kv_head * d + i] as f64
+                                    exps[t] / sum
+                                        * values[t * stride + kv_head * d + i].widen() as f64
                                 })
                                 .sum();
                             let got = out[h * d + i] as f64;
                             assert!(
-                                (got - expected).abs() < 1e-5,
+                                (got - expected).abs() < tolerance,
                                 "{path}, d {d}, head {h} channel {i}: {got} vs {expected}"
                             );
                         }
@@ -401,8 +502,10 @@ mod tests {
         let view = GroupView {
             queries: &[0.0; 8],
             head_dim: 8,
-            keys: &[0.0; 16],
-            values: &[0.0; 16],
+            cache: KvLayer::F16 {
+                keys: &[f16::ZERO; 16],
+                values: &[f16::ZERO; 16],
+            },
             stride: 8,
             offset: 0,
             scale: 1.0,

@@ -9,7 +9,7 @@ use ternary::synthetic::uniform_values;
 use ternary::{quantize_activations, Kernel, PlanarWeights};
 
 use crate::engine::{Engine, GenerationEvent, GenerationRequest, SamplingParams};
-use crate::kv::KvCache;
+use crate::kv::{KvCache, KvPrecision};
 use crate::model::{Logits, Model, SeqInput};
 use crate::sampling::argmax;
 
@@ -38,11 +38,17 @@ pub fn bench_tokens(count: usize, seed: u64, vocab: usize) -> Vec<u32> {
 
 /// Median seconds of a prefill of `prompt_len` tokens from an empty cache (logits of the last
 /// token only, as serving does).
-pub fn prefill_seconds(model: &Model, prompt_len: usize, repeats: usize) -> f64 {
+pub fn prefill_seconds(
+    model: &Model,
+    prompt_len: usize,
+    repeats: usize,
+    precision: KvPrecision,
+) -> f64 {
     let prompt = bench_tokens(prompt_len, 1, model.config.vocab_size);
     let samples = (0..repeats.max(1))
         .map(|_| {
-            let mut cache = KvCache::new(model.config.n_layers, model.config.kv_dim());
+            let mut cache =
+                KvCache::with_precision(model.config.n_layers, model.config.kv_dim(), precision);
             let start = Instant::now();
             model.forward(&mut [SeqInput {
                 cache: &mut cache,
@@ -56,11 +62,17 @@ pub fn prefill_seconds(model: &Model, prompt_len: usize, repeats: usize) -> f64 
 }
 
 /// Median seconds per decoded token of `streams` sequences decoding together (greedy), each after
-/// a `prefix`-token prompt, over `tokens` steps.
-pub fn decode_seconds_per_step(model: &Model, streams: usize, prefix: usize, tokens: usize) -> f64 {
+/// a `prefix`-token prompt, over `tokens` steps, with caches of `precision`.
+pub fn decode_seconds_per_step(
+    model: &Model,
+    streams: usize,
+    prefix: usize,
+    tokens: usize,
+    precision: KvPrecision,
+) -> f64 {
     let cfg = &model.config;
     let mut caches: Vec<KvCache> = (0..streams)
-        .map(|_| KvCache::new(cfg.n_layers, cfg.kv_dim()))
+        .map(|_| KvCache::with_precision(cfg.n_layers, cfg.kv_dim(), precision))
         .collect();
     let prompts: Vec<Vec<u32>> = (0..streams)
         .map(|s| bench_tokens(prefix, 10 + s as u64, cfg.vocab_size))

@@ -6,6 +6,7 @@
 //! (checked against real files in tests) and `bytes_runtime` is the memory the inference model of
 //! this crate allocates for weights plus the KV cache of one sequence.
 
+use crate::kv::KvPrecision;
 use serde::{Deserialize, Serialize};
 use ternary::{groups_for, trit, GROUP_SIZE};
 
@@ -320,9 +321,9 @@ impl ModelConfig {
         planar + dense + (self.embedding_len() * embedding_bytes_per_value) as u64
     }
 
-    /// Bytes of the KV cache of one sequence of `tokens` tokens (f32 keys and values).
-    pub fn bytes_kv_cache(&self, tokens: usize) -> u64 {
-        (2 * self.n_layers * tokens * self.kv_dim() * 4) as u64
+    /// Bytes of the KV cache of one sequence of `tokens` tokens.
+    pub fn bytes_kv_cache(&self, tokens: usize, precision: KvPrecision) -> u64 {
+        (2 * self.n_layers * tokens * self.kv_dim() * precision.bytes_per_value()) as u64
     }
 
     /// Human summary: parameters, file size and run-time memory at full context.
@@ -359,11 +360,11 @@ impl ModelConfig {
             );
         }
         s += &format!(
-            "; GGUF tensors {:.1} MB (f16 embedding), run time {:.1} MB weights + {:.1} MB KV cache \
+            "; GGUF tensors {:.1} MB (f16 embedding), run time {:.1} MB weights + {:.1} MB f16 KV cache \
              per sequence at {} tokens",
             mb(self.bytes_gguf_tensors(2)),
             mb(self.bytes_runtime_weights(2)),
-            mb(self.bytes_kv_cache(self.context_length)),
+            mb(self.bytes_kv_cache(self.context_length, KvPrecision::default())),
             self.context_length
         );
         s
@@ -444,6 +445,13 @@ mod tests {
             c.bytes_gguf_tensors(2),
             ternary_bytes + 2 * 32768 * 768 + 4 * (25 * 768)
         );
-        assert_eq!(c.bytes_kv_cache(100), 2 * 12 * 100 * 256 * 4);
+        assert_eq!(
+            c.bytes_kv_cache(100, KvPrecision::F16),
+            2 * 12 * 100 * 256 * 2
+        );
+        assert_eq!(
+            c.bytes_kv_cache(100, KvPrecision::F32),
+            2 * c.bytes_kv_cache(100, KvPrecision::F16)
+        );
     }
 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use crate::config::ModelConfig;
-use crate::kv::KvCache;
+use crate::kv::{KvCache, KvPrecision};
 use crate::model::{Logits, Model, SeqInput};
 use crate::sampling::Sampler;
 use crate::stream::{Delta, Detokenizer, TextStream};
@@ -113,6 +113,8 @@ pub struct EngineOptions {
     /// Prompt tokens prefilled per step and sequence (long prompts take several steps, so running
     /// streams keep decoding).
     pub prefill_chunk: usize,
+    /// How each sequence's KV cache stores keys and values.
+    pub kv_precision: KvPrecision,
 }
 
 impl Default for EngineOptions {
@@ -120,6 +122,7 @@ impl Default for EngineOptions {
         EngineOptions {
             max_batch: 16,
             prefill_chunk: 256,
+            kv_precision: KvPrecision::default(),
         }
     }
 }
@@ -177,6 +180,7 @@ impl Engine {
             shared: Arc::clone(&shared),
             max_batch,
             prefill_chunk: options.prefill_chunk.max(1),
+            kv_precision: options.kv_precision,
             waiting: VecDeque::new(),
             running: Vec::new(),
         };
@@ -291,6 +295,7 @@ struct Scheduler {
     shared: Arc<Shared>,
     max_batch: usize,
     prefill_chunk: usize,
+    kv_precision: KvPrecision,
     waiting: VecDeque<Job>,
     running: Vec<Sequence>,
 }
@@ -352,7 +357,7 @@ impl Scheduler {
             self.shared.queued.fetch_sub(1, Ordering::SeqCst);
             let cfg = &self.model.config;
             self.running.push(Sequence {
-                cache: KvCache::new(cfg.n_layers, cfg.kv_dim()),
+                cache: KvCache::with_precision(cfg.n_layers, cfg.kv_dim(), self.kv_precision),
                 sampler: Sampler::new(job.request.sampling.clone()),
                 prefilled: 0,
                 generated: Vec::new(),

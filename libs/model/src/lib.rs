@@ -29,7 +29,7 @@ pub use engine::{
     Completion, Engine, EngineOptions, EngineStats, FinishReason, GenerationEvent,
     GenerationRequest, SamplingParams, SubmitError,
 };
-pub use kv::KvCache;
+pub use kv::{KvCache, KvPrecision};
 pub use load::{load_engine, LoadError};
 pub use model::{Logits, Model, SeqInput};
 pub use tokenizer::{ChatMessage, Tokenizer, TokenizerError};

@@ -375,14 +375,13 @@ impl Model {
             let (r, kv_head) = (task / kv_heads, task % kv_heads);
             let cache = &batch[seq_of[r]].cache;
             let len = pos_of[r] + 1;
-            let (keys, values) = cache.layer(layer, len);
             let q_row = &qkv[r * (c + 2 * kv)..r * (c + 2 * kv) + c];
+            let queries = &q_row[kv_head * group * d..(kv_head + 1) * group * d];
             let mut weights = vec![0.0f32; group * len];
             let view = GroupView {
-                queries: &q_row[kv_head * group * d..(kv_head + 1) * group * d],
+                queries,
                 head_dim: d,
-                keys,
-                values,
+                cache: cache.layer(layer, len),
                 stride: kv,
                 offset: kv_head * d,
                 scale,

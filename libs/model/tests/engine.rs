@@ -37,6 +37,7 @@ fn engine(f: &Fixture, max_batch: usize) -> Engine {
         EngineOptions {
             max_batch,
             prefill_chunk: 7,
+            ..EngineOptions::default()
         },
     )
     .unwrap()

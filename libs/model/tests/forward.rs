@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use model::testmodel::{write_random_model, write_random_model_with, EmbeddingType};
-use model::{KvCache, Logits, Model, ModelConfig, SeqInput};
+use model::{KvCache, KvPrecision, Logits, Model, ModelConfig, SeqInput};
 
 /// The tiny preset, shortened so the tests stay fast: 2 layers, context 96.
 fn tiny(streams: usize, tied: bool) -> ModelConfig {
@@ -42,8 +42,8 @@ fn new_cache(m: &Model) -> KvCache {
 }
 
 /// Logits of every position of `seq`, in one forward pass from an empty cache.
-fn full_recompute(m: &Model, seq: &[u32]) -> Vec<f32> {
-    let mut cache = new_cache(m);
+fn full_recompute(m: &Model, seq: &[u32], precision: KvPrecision) -> Vec<f32> {
+    let mut cache = KvCache::with_precision(m.config.n_layers, m.config.kv_dim(), precision);
     m.forward(&mut [SeqInput {
         cache: &mut cache,
         tokens: seq,
@@ -53,8 +53,8 @@ fn full_recompute(m: &Model, seq: &[u32]) -> Vec<f32> {
 }
 
 /// Logits of every position of `seq`: a prefill of `prefill` tokens, then one token at a time.
-fn incremental(m: &Model, seq: &[u32], prefill: usize) -> Vec<f32> {
-    let mut cache = new_cache(m);
+fn incremental(m: &Model, seq: &[u32], prefill: usize, precision: KvPrecision) -> Vec<f32> {
+    let mut cache = KvCache::with_precision(m.config.n_layers, m.config.kv_dim(), precision);
     let mut out = m
         .forward(&mut [SeqInput {
             cache: &mut cache,
@@ -83,19 +83,21 @@ fn kv_cache_decode_matches_full_recomputation() {
         let config = tiny(streams, tied);
         let m = load(dir.path(), &config, 11);
         let seq = tokens(40, 3, config.vocab_size);
-        let full = full_recompute(&m, &seq);
-        assert_eq!(full.len(), 40 * config.vocab_size);
-        assert!(full.iter().all(|v| v.is_finite()));
-        let range = full.iter().copied().fold(f32::MIN, f32::max)
-            - full.iter().copied().fold(f32::MAX, f32::min);
-        assert!(range > 1.0, "logits must not be flat (range {range})");
-        for prefill in [1, 17] {
-            let inc = incremental(&m, &seq, prefill);
-            let diff = max_abs_diff(&full, &inc);
-            assert!(
-                diff <= 1e-4,
-                "N={streams} tied={tied} prefill={prefill}: max |Δ| {diff}"
-            );
+        for precision in [KvPrecision::F16, KvPrecision::F32] {
+            let full = full_recompute(&m, &seq, precision);
+            assert_eq!(full.len(), 40 * config.vocab_size);
+            assert!(full.iter().all(|v| v.is_finite()));
+            let range = full.iter().copied().fold(f32::MIN, f32::max)
+                - full.iter().copied().fold(f32::MAX, f32::min);
+            assert!(range > 1.0, "logits must not be flat (range {range})");
+            for prefill in [1, 17] {
+                let inc = incremental(&m, &seq, prefill, precision);
+                let diff = max_abs_diff(&full, &inc);
+                assert!(
+                    diff <= 1e-4,
+                    "N={streams} tied={tied} prefill={prefill} {precision}: max |Δ| {diff}"
+                );
+            }
         }
     }
 }
@@ -110,7 +112,10 @@ fn batched_decode_of_four_sequences_equals_separate_decodes() {
         let seqs: Vec<Vec<u32>> = (0..4)
             .map(|s| tokens(12 + 5 * s, 100 + s as u32, config.vocab_size))
             .collect();
-        let separate: Vec<Vec<f32>> = seqs.iter().map(|s| incremental(&m, s, 8)).collect();
+        let separate: Vec<Vec<f32>> = seqs
+            .iter()
+            .map(|s| incremental(&m, s, 8, KvPrecision::default()))
+            .collect();
 
         // Together: prefill all four in one pass, then decode them in lockstep while they last.
         let mut caches: Vec<KvCache> = (0..4).map(|_| new_cache(&m)).collect();

@@ -10,7 +10,7 @@ use model::bench::{
     decode_seconds_per_step, engine_streams, kernel_gops, prefill_seconds, resident_bytes,
     with_threads,
 };
-use model::{Engine, EngineOptions, Model, ModelConfig};
+use model::{Engine, EngineOptions, KvPrecision, Model, ModelConfig};
 use serde_json::json;
 
 /// What to measure.
@@ -24,6 +24,7 @@ pub struct BenchOptions {
     pub streams: usize,
     pub threads: usize,
     pub repeats: usize,
+    pub kv_precision: KvPrecision,
 }
 
 /// Runs every measurement, printing progress on stderr; returns the report as JSON.
@@ -42,7 +43,7 @@ pub fn run(options: &BenchOptions) -> Result<serde_json::Value, String> {
     let config = model.config.clone();
     eprintln!("model: {}", config.describe());
     let kernel = model.kernel.name();
-    eprintln!("kernel: {kernel}");
+    eprintln!("kernel: {kernel}; KV cache: {}", options.kv_precision);
 
     let gops = with_threads(1, || kernel_gops(model.kernel, 4096, 4096, options.repeats));
     eprintln!("kernel GEMV 4096x4096, 1 thread: {gops:.1} GOPS");
@@ -54,10 +55,11 @@ pub fn run(options: &BenchOptions) -> Result<serde_json::Value, String> {
     }
     for &threads in &thread_counts {
         let (prefill, decode, batched) = with_threads(threads, || {
-            let prefill = prefill_seconds(&model, options.prompt_tokens, options.repeats);
-            let decode = decode_seconds_per_step(&model, 1, 64, options.decode_tokens);
+            let kv = options.kv_precision;
+            let prefill = prefill_seconds(&model, options.prompt_tokens, options.repeats, kv);
+            let decode = decode_seconds_per_step(&model, 1, 64, options.decode_tokens, kv);
             let batched =
-                decode_seconds_per_step(&model, options.streams, 64, options.decode_tokens / 2);
+                decode_seconds_per_step(&model, options.streams, 64, options.decode_tokens / 2, kv);
             (prefill, decode, batched)
         });
         let row = json!({
@@ -86,6 +88,7 @@ pub fn run(options: &BenchOptions) -> Result<serde_json::Value, String> {
         "bench".into(),
         EngineOptions {
             max_batch: options.streams,
+            kv_precision: options.kv_precision,
             ..EngineOptions::default()
         },
     );
@@ -109,7 +112,7 @@ pub fn run(options: &BenchOptions) -> Result<serde_json::Value, String> {
         .as_f64()
         .unwrap_or(0.0);
     let efficiency = ops_per_token * decode_1 / (gops * 1e9);
-    let kv_bytes = config.bytes_kv_cache(64 + options.decode_tokens);
+    let kv_bytes = config.bytes_kv_cache(64 + options.decode_tokens, options.kv_precision);
     let weights_rss = rss_loaded.saturating_sub(rss_start);
     eprintln!(
         "efficiency: {:.1} M weight operations per token x {decode_1:.1} tokens/s / \
@@ -143,6 +146,7 @@ pub fn run(options: &BenchOptions) -> Result<serde_json::Value, String> {
         "model": config,
         "gguf_bytes": gguf_bytes,
         "kernel": kernel,
+        "kv_cache": options.kv_precision.to_string(),
         "kernel_gops_1_thread": gops,
         "per_threads": per_threads,
         "engine": {

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use model::{ChatMessage, EngineOptions, GenerationRequest, SamplingParams};
+use model::{ChatMessage, EngineOptions, GenerationRequest, KvPrecision, SamplingParams};
 use serve::api;
 use serve::backend::{self, Backend, EchoBackend, FollowError};
 use serve::bench::{self, BenchOptions};
@@ -266,6 +266,14 @@ struct Cli {
     #[arg(long, value_name = "N", default_value_t = EngineOptions::default().prefill_chunk, help_heading = "Engine")]
     prefill_chunk: usize,
 
+    /// How the KV cache stores keys and values: f16 (half the memory, and faster attention over
+    /// long contexts and many streams) or f32 (exactly the activations the training graph
+    /// computes).
+    ///
+    /// Example: --kv-cache f32
+    #[arg(long, value_name = "TYPE", default_value_t = EngineOptions::default().kv_precision, help_heading = "Engine")]
+    kv_cache: KvPrecision,
+
     /// Address to listen on (0.0.0.0: every interface).
     ///
     /// Example: --host 0.0.0.0
@@ -396,6 +404,7 @@ fn settings(cli: Cli) -> Result<Settings, String> {
     let engine = EngineOptions {
         max_batch: at_least_one("max-batch", cli.max_batch)?,
         prefill_chunk: at_least_one("prefill-chunk", cli.prefill_chunk)?,
+        kv_precision: cli.kv_cache,
     };
     let threads = cli
         .threads
@@ -411,6 +420,7 @@ fn settings(cli: Cli) -> Result<Settings, String> {
             streams: at_least_one("bench-streams", cli.bench_streams)?,
             threads: threads.unwrap_or_else(rayon::current_num_threads),
             repeats: at_least_one("bench-repeats", cli.bench_repeats)?,
+            kv_precision: cli.kv_cache,
         };
         return Ok(Settings {
             source: Source::Echo,
