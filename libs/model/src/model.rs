@@ -136,6 +136,24 @@ struct Scratch {
     /// `[R, 2·F]` and `[R, F]`.
     gate_up: Vec<f32>,
     act: Vec<f32>,
+    /// The quantized input of the next matrix product: `[R, C]` or `[R, F]`.
+    q_dim: QuantizedBatch,
+    q_ffn: QuantizedBatch,
+}
+
+/// Batches of at least this many rows split their per-row work (norms, mHC mixing, RoPE, SwiGLU,
+/// quantization) over the pool's threads; for fewer the split costs more than it saves.
+const PARALLEL_MIN_ROWS: usize = 4;
+
+/// Rows per task of the per-row work: all of them on this thread below [`PARALLEL_MIN_ROWS`] or
+/// on a one-thread pool, else an even share per thread.
+fn rows_per_task(rows: usize) -> usize {
+    let threads = rayon::current_num_threads();
+    if rows < PARALLEL_MIN_ROWS || threads == 1 {
+        rows.max(1)
+    } else {
+        rows.div_ceil(threads)
+    }
 }
 
 impl Model {
@@ -195,7 +213,10 @@ impl Model {
             out: vec![0.0; rows * c],
             gate_up: vec![0.0; rows * 2 * f],
             act: vec![0.0; rows * f],
+            q_dim: QuantizedBatch::zeroed(rows, c),
+            q_ffn: QuantizedBatch::zeroed(rows, f),
         };
+        let per_task = rows_per_task(rows);
         match self.config.streams() {
             Some(ns) => mhc::expand(ns, &x, c, &mut s.streams),
             None => s.streams.copy_from_slice(&x),
@@ -213,19 +234,19 @@ impl Model {
         }
 
         for (l, block) in self.blocks.iter().enumerate() {
-            // Attention.
-            self.sublayer_input(2 * l, &mut s);
-            rmsnorm_rows(&s.u, &block.attn_norm, cfg.norm_eps, &mut s.h);
-            self.bitlinear(&block.qkv, &s.h, c, &mut s.qkv);
-            for (row, rot) in s
-                .qkv
-                .chunks_exact_mut(c + 2 * kv)
-                .zip(rotations.chunks_exact(half))
-            {
-                let (q, rest) = row.split_at_mut(c);
-                rope(q, rot);
-                rope(&mut rest[..kv], rot);
-            }
+            // Attention (after the previous block's FFN output is added).
+            let previous = l.checked_sub(1).map(|p| 2 * p + 1);
+            self.enter_sublayer(previous, 2 * l, &block.attn_norm, per_task, &mut s);
+            self.gemm(&block.qkv, &s.q_dim, &mut s.qkv);
+            s.qkv
+                .par_chunks_exact_mut(c + 2 * kv)
+                .zip(rotations.par_chunks_exact(half))
+                .with_min_len(per_task)
+                .for_each(|(row, rot)| {
+                    let (q, rest) = row.split_at_mut(c);
+                    rope(q, rot);
+                    rope(&mut rest[..kv], rot);
+                });
             let mut row = 0;
             for input in batch.iter_mut() {
                 for _ in input.tokens {
@@ -237,17 +258,33 @@ impl Model {
                 }
             }
             self.attention(l, batch, &seq_of, &pos_of, &s.qkv, &mut s.attn);
-            self.bitlinear(&block.attn_output, &s.attn, c, &mut s.out);
-            self.residual_update(2 * l, &mut s);
+            self.gemm(
+                &block.attn_output,
+                &QuantizedBatch::quantize(&s.attn, c),
+                &mut s.out,
+            );
 
-            // Feed-forward.
-            self.sublayer_input(2 * l + 1, &mut s);
-            rmsnorm_rows(&s.u, &block.ffn_norm, cfg.norm_eps, &mut s.h);
-            self.bitlinear(&block.gate_up, &s.h, c, &mut s.gate_up);
-            swiglu_rows(&s.gate_up, f, &mut s.act);
-            self.bitlinear(&block.ffn_down, &s.act, f, &mut s.out);
-            self.residual_update(2 * l + 1, &mut s);
+            // Feed-forward (after the attention output is added).
+            self.enter_sublayer(Some(2 * l), 2 * l + 1, &block.ffn_norm, per_task, &mut s);
+            self.gemm(&block.gate_up, &s.q_dim, &mut s.gate_up);
+            s.gate_up
+                .par_chunks_exact(2 * f)
+                .zip(s.act.par_chunks_exact_mut(f))
+                .zip(s.q_ffn.rows_mut())
+                .with_min_len(per_task)
+                .for_each(|((gate_up, act), slot)| {
+                    swiglu_rows(gate_up, f, act);
+                    slot.quantize(act);
+                });
+            self.gemm(&block.ffn_down, &s.q_ffn, &mut s.out);
         }
+        // The last block's FFN output.
+        let last = 2 * self.blocks.len() - 1;
+        s.streams
+            .par_chunks_exact_mut(n * c)
+            .zip(s.out.par_chunks_exact(c))
+            .with_min_len(per_task)
+            .for_each(|(streams, out)| self.residual_update(last, streams, out));
         for input in batch.iter_mut() {
             input.cache.commit(input.tokens.len());
         }
@@ -279,7 +316,9 @@ impl Model {
         let mut logits = vec![0.0f32; wanted.len() * v];
         if !wanted.is_empty() {
             match &self.head {
-                Head::Ternary(w) => self.bitlinear(w, &normed, c, &mut logits),
+                Head::Ternary(w) => {
+                    self.gemm(w, &QuantizedBatch::quantize(&normed, c), &mut logits)
+                }
                 Head::Tied => {
                     for (out, hr) in logits.chunks_exact_mut(v).zip(normed.chunks_exact(c)) {
                         self.embedding.tied_logits(hr, c, out);
@@ -321,33 +360,57 @@ impl Model {
             }
     }
 
-    /// `s.u` = the input of sub-layer `module` (0, 1 for block 0's attention and FFN, ...).
-    fn sublayer_input(&self, module: usize, s: &mut Scratch) {
-        match self.mixings.get(module) {
-            Some(m) => m.prepare_input(&s.streams, self.config.dim, &mut s.u),
-            None => s.u.copy_from_slice(&s.streams),
-        }
+    /// Every row's way into sub-layer `module` (0, 1 for block 0's attention and FFN, ...):
+    /// the output `s.out` of sub-layer `previous` added into its residual streams, the
+    /// sub-layer input `u` taken from them, normalized by `norm`, quantized into `s.q_dim`. Rows
+    /// are independent, so they run in parallel tasks of `per_task` rows.
+    fn enter_sublayer(
+        &self,
+        previous: Option<usize>,
+        module: usize,
+        norm: &[f32],
+        per_task: usize,
+        s: &mut Scratch,
+    ) {
+        let (c, n) = (self.config.dim, self.config.mhc_streams);
+        s.streams
+            .par_chunks_exact_mut(n * c)
+            .zip(s.out.par_chunks_exact(c))
+            .zip(s.u.par_chunks_exact_mut(c))
+            .zip(s.h.par_chunks_exact_mut(c))
+            .zip(s.q_dim.rows_mut())
+            .with_min_len(per_task)
+            .for_each(|((((streams, out), u), h), slot)| {
+                if let Some(previous) = previous {
+                    self.residual_update(previous, streams, out);
+                }
+                match self.mixings.get(module) {
+                    Some(m) => m.prepare_input(streams, c, u),
+                    None => u.copy_from_slice(streams),
+                }
+                rmsnorm_rows(u, norm, self.config.norm_eps, h);
+                slot.quantize(h);
+            });
     }
 
-    /// Adds the sub-layer output `s.out` into the residual streams.
-    fn residual_update(&self, module: usize, s: &mut Scratch) {
+    /// Adds sub-layer `module`'s output `out` into the residual streams of the same rows.
+    fn residual_update(&self, module: usize, streams: &mut [f32], out: &[f32]) {
         match self.mixings.get(module) {
-            Some(m) => m.apply(&mut s.streams, &s.out, self.config.dim),
+            Some(m) => m.apply(streams, out, self.config.dim),
             None => {
-                for (x, &o) in s.streams.iter_mut().zip(&s.out) {
+                for (x, &o) in streams.iter_mut().zip(out) {
                     *x += o;
                 }
             }
         }
     }
 
-    /// `y = W · quantize(x)` for every row of `x` (`[R, cols]`), into `y` (`[R, W.rows]`).
-    fn bitlinear(&self, w: &PlanarWeights, x: &[f32], cols: usize, y: &mut [f32]) {
-        let q = QuantizedBatch::quantize(x, cols);
+    /// `y = W · q` for every quantized row of `q`, into `y` (`[R, W.rows]`).
+    fn gemm(&self, w: &PlanarWeights, q: &QuantizedBatch, y: &mut [f32]) {
         let result = if rayon::current_num_threads() > 1 {
-            ternary::kernels::par_gemm(self.kernel, w, &q, y)
+            ternary::kernels::par_gemm(self.kernel, w, q, y)
         } else {
-            ternary::kernels::gemm(self.kernel, w, &q, y)
+            ternary::kernels::gemm(self.kernel, w, q, y)
         };
         result.expect("weights and buffers are shaped by the config");
     }

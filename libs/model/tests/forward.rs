@@ -1,6 +1,7 @@
 //! The forward pass on real files: random-weight models written through the GGUF and .mhc writers
 //! and loaded by the real loader. KV-cache decode against full recomputation, batched decode
-//! against separate decodes, the loaded mHC matrices, and the size estimates against the files.
+//! against separate decodes, a batch on 1, 2 and 3 threads, the loaded mHC matrices, and the size
+//! estimates against the files.
 
 use std::path::{Path, PathBuf};
 
@@ -155,6 +156,50 @@ fn batched_decode_of_four_sequences_equals_separate_decodes() {
             let diff = max_abs_diff(a, b);
             assert!(diff <= 1e-4, "N={streams} sequence {i}: max |Δ| {diff}");
         }
+    }
+}
+
+/// Eight sequences prefilled and decoded together: the per-row work splits over the threads of
+/// a 2- and a 3-thread pool, and must give the same bits as one thread.
+#[test]
+fn a_batch_gives_the_same_bits_on_any_number_of_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny(4, false);
+    let m = load(dir.path(), &config, 21);
+    let seqs: Vec<Vec<u32>> = (0..8)
+        .map(|s| tokens(8 + s, 300 + s as u32, config.vocab_size))
+        .collect();
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let mut caches: Vec<KvCache> = (0..8).map(|_| new_cache(&m)).collect();
+            let mut logits = Vec::new();
+            for step in 0..3 {
+                let mut inputs: Vec<SeqInput> = caches
+                    .iter_mut()
+                    .zip(&seqs)
+                    .map(|(cache, s)| SeqInput {
+                        cache,
+                        tokens: if step == 0 {
+                            &s[..5]
+                        } else {
+                            &s[4 + step..5 + step]
+                        },
+                        logits: Logits::All,
+                    })
+                    .collect();
+                logits.extend(m.forward(&mut inputs).into_iter().flatten());
+            }
+            logits
+        })
+    };
+    let one = run(1);
+    assert!(one.iter().all(|v| v.is_finite()));
+    for threads in [2, 3] {
+        assert!(run(threads) == one, "{threads} threads differ from one");
     }
 }
 

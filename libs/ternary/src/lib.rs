@@ -20,7 +20,7 @@ pub mod trit;
 
 pub use kernels::{Kernel, KernelError};
 pub use planar::PlanarWeights;
-pub use quant::{quantize_activations, QuantizedActivations, QuantizedBatch};
+pub use quant::{quantize_activations, QuantizedActivations, QuantizedBatch, QuantizedRowMut};
 
 /// Weights per quantization group along the input dimension; one f32 scale per group.
 pub const GROUP_SIZE: usize = 128;

@@ -252,6 +252,26 @@ pub struct QuantizedBatch {
     len: usize,
 }
 
+/// The slot of one vector in a [`QuantizedBatch`] (from [`QuantizedBatch::rows_mut`]): the rows
+/// can then be quantized by whoever computes them, in any order and on any thread.
+pub struct QuantizedRowMut<'a> {
+    len: usize,
+    values: &'a mut [i8],
+    group_sums: &'a mut [i32],
+    scale: &'a mut f32,
+}
+
+impl QuantizedRowMut<'_> {
+    /// Quantizes `x` into the slot, exactly as [`QuantizedBatch::quantize`] quantizes a row.
+    ///
+    /// # Panics
+    /// If `x` is not the batch's vector length.
+    pub fn quantize(self, x: &[f32]) {
+        assert_eq!(x.len(), self.len, "a row of the batch's length");
+        *self.scale = quantize_into(x, self.values, self.group_sums);
+    }
+}
+
 impl QuantizedBatch {
     /// Quantizes the rows of a row-major `[batch, len]` slice, each with its own absmax scale.
     pub fn quantize(x: &[f32], len: usize) -> Self {
@@ -259,24 +279,47 @@ impl QuantizedBatch {
             len > 0 && x.len() % len == 0,
             "QuantizedBatch: x is not [batch, len]"
         );
-        let batch = x.len() / len;
+        let mut q = Self::zeroed(x.len() / len, len);
+        // Rows in parallel only when there are enough of them to pay for the split (a prefill,
+        // not a decode step).
+        q.rows_mut()
+            .into_par_iter()
+            .zip(x.par_chunks(len))
+            .with_min_len(PARALLEL_MIN_VALUES.div_ceil(len))
+            .for_each(|(slot, row)| slot.quantize(row));
+        q
+    }
+
+    /// `batch` vectors of `len` values, all zero with scale 0 until quantized through
+    /// [`Self::rows_mut`].
+    ///
+    /// # Panics
+    /// If `len` is 0.
+    pub fn zeroed(batch: usize, len: usize) -> Self {
+        assert!(len > 0, "QuantizedBatch: empty vectors");
         let (padded, groups) = (groups_for(len) * GROUP_SIZE, groups_for(len));
-        let mut q = Self {
+        Self {
             values: AlignedVec::zeroed(batch * padded),
             group_sums: vec![0; batch * groups],
             scales: vec![0.0; batch],
             len,
-        };
-        let rows = x
-            .par_chunks(len)
-            .zip(q.values.par_chunks_mut(padded))
-            .zip(q.group_sums.par_chunks_mut(groups))
-            .zip(q.scales.par_iter_mut());
-        // Rows in parallel only when there are enough of them to pay for the split (a prefill,
-        // not a decode step).
-        rows.with_min_len(PARALLEL_MIN_VALUES.div_ceil(len))
-            .for_each(|(((row, out), sums), scale)| *scale = quantize_into(row, out, sums));
-        q
+        }
+    }
+
+    /// The slot of every vector, in order.
+    pub fn rows_mut(&mut self) -> Vec<QuantizedRowMut<'_>> {
+        let (len, padded, groups) = (self.len, self.padded_len(), groups_for(self.len));
+        self.values
+            .chunks_exact_mut(padded)
+            .zip(self.group_sums.chunks_exact_mut(groups))
+            .zip(self.scales.iter_mut())
+            .map(|((values, group_sums), scale)| QuantizedRowMut {
+                len,
+                values,
+                group_sums,
+                scale,
+            })
+            .collect()
     }
 
     /// Number of vectors.
@@ -433,6 +476,14 @@ mod tests {
                     alone.group_sums()
                 );
             }
+            // Row by row through the slots, last row first, into a batch that held other rows.
+            let mut slotted = QuantizedBatch::quantize(&vec![1.0; rows * len], len);
+            for (slot, row) in slotted.rows_mut().into_iter().zip(x.chunks(len)).rev() {
+                slot.quantize(row);
+            }
+            assert_eq!(slotted.padded_values(), batch.padded_values());
+            assert_eq!(slotted.group_sums(), batch.group_sums());
+            assert_eq!(slotted.scales(), batch.scales());
         }
     }
 
