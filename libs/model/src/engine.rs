@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -175,6 +175,7 @@ impl Engine {
         });
         let max_batch = options.max_batch.max(1);
         let scheduler = Scheduler {
+            jobs,
             model,
             tokenizer: Arc::clone(&tokenizer),
             shared: Arc::clone(&shared),
@@ -186,7 +187,7 @@ impl Engine {
         };
         let thread = std::thread::Builder::new()
             .name("nanochat-scheduler".into())
-            .spawn(move || scheduler.run(jobs))
+            .spawn(move || scheduler.run())
             .expect("spawning the scheduler thread");
         Engine {
             config,
@@ -290,6 +291,7 @@ struct Sequence {
 }
 
 struct Scheduler {
+    jobs: Receiver<Job>,
     model: Model,
     tokenizer: Arc<Tokenizer>,
     shared: Arc<Shared>,
@@ -301,51 +303,49 @@ struct Scheduler {
 }
 
 impl Scheduler {
-    fn run(mut self, jobs: Receiver<Job>) {
-        loop {
-            if self.shared.stopping.load(Ordering::SeqCst) {
-                break;
-            }
-            // Idle: block for work. Busy: take what arrived without waiting.
+    fn run(mut self) {
+        while !self.shared.stopping.load(Ordering::SeqCst) {
+            // Idle: block for work.
             if self.running.is_empty() && self.waiting.is_empty() {
-                match jobs.recv() {
+                match self.jobs.recv() {
                     Ok(job) => self.waiting.push_back(job),
                     Err(_) => break,
                 }
             }
-            loop {
-                match jobs.try_recv() {
-                    Ok(job) => self.waiting.push_back(job),
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => {
-                        if self.running.is_empty() && self.waiting.is_empty() {
-                            return;
-                        }
-                        break;
-                    }
-                }
-            }
-            self.admit();
-            if !self.running.is_empty() {
-                // The forward pass runs on a worker of the rayon pool: its dozens of parallel
-                // kernel calls per token then split with cheap joins, instead of each being
-                // injected from this thread and waited for through a lock (which cost half of
-                // a single stream's decode speed).
-                rayon::scope(|_| self.step());
-            }
-            self.shared
-                .active
-                .store(self.running.len(), Ordering::SeqCst);
+            // Busy: the steps run on a worker of the rayon pool, the pool's other workers kept
+            // hot, until nothing is left to run. The dozens of parallel kernel calls of a
+            // forward pass then split with cheap joins instead of each being injected from this
+            // thread and waited for through a lock (which cost half of a single stream's decode
+            // speed), and no worker falls asleep between two steps (waking it took 10-50 µs).
+            rayon::scope(|_| crate::hot::with_hot_workers(|| self.run_while_busy()));
         }
         let reason = "the server is shutting down".to_string();
         for seq in self.running.drain(..) {
             let _ = seq.events.send(GenerationEvent::Error(reason.clone()));
         }
-        for job in self.waiting.drain(..).chain(jobs.try_iter()) {
+        for job in self.waiting.drain(..).chain(self.jobs.try_iter()) {
             let _ = job.events.send(GenerationEvent::Error(reason.clone()));
         }
         self.shared.active.store(0, Ordering::SeqCst);
         self.shared.queued.store(0, Ordering::SeqCst);
+    }
+
+    /// Takes new requests and steps until no sequence runs or waits, or the engine stops.
+    fn run_while_busy(&mut self) {
+        while !self.shared.stopping.load(Ordering::SeqCst) {
+            // Take what arrived without waiting.
+            while let Ok(job) = self.jobs.try_recv() {
+                self.waiting.push_back(job);
+            }
+            self.admit();
+            if self.running.is_empty() {
+                return;
+            }
+            self.step();
+            self.shared
+                .active
+                .store(self.running.len(), Ordering::SeqCst);
+        }
     }
 
     /// Moves waiting jobs into free slots.
