@@ -92,19 +92,28 @@ pub fn run(options: &BenchOptions) -> Result<serde_json::Value, String> {
             ..EngineOptions::default()
         },
     );
-    let single = engine_streams(&engine, 1, 16, options.decode_tokens)?;
-    let many = engine_streams(&engine, options.streams, 16, options.decode_tokens)?;
+    // One warm-up of each, then 1 stream and N streams alternated: the medians of their rates.
+    let mut single_rates = Vec::new();
+    let mut many_rates = Vec::new();
+    for run in 0..=options.repeats {
+        let single = engine_streams(&engine, 1, 16, options.decode_tokens)?;
+        let many = engine_streams(&engine, options.streams, 16, options.decode_tokens)?;
+        if run > 0 {
+            single_rates.push(single.tokens as f64 / single.seconds);
+            many_rates.push(many.tokens as f64 / many.seconds);
+        }
+    }
     let rss_end = resident_bytes().unwrap_or(0);
-    let single_rate = single.tokens as f64 / single.seconds;
-    let many_rate = many.tokens as f64 / many.seconds;
+    let (single_rate, many_rate) = (median_of(single_rates), median_of(many_rates));
     eprintln!(
         "engine, {} threads: 1 stream {single_rate:.1} tokens/s; {} concurrent streams \
-         {many_rate:.1} tokens/s in aggregate ({} tokens in {:.2} s) = {:.2}x",
+         {many_rate:.1} tokens/s in aggregate ({} tokens each) = {:.2}x (medians of {} runs \
+         after a warm-up)",
         options.threads,
         options.streams,
-        many.tokens,
-        many.seconds,
-        many_rate / single_rate
+        options.decode_tokens,
+        many_rate / single_rate,
+        options.repeats
     );
 
     let ops_per_token = 2.0 * config.ternary_macs_per_token() as f64;
@@ -164,6 +173,12 @@ pub fn run(options: &BenchOptions) -> Result<serde_json::Value, String> {
         "rss_bytes": {"start": rss_start, "loaded": rss_loaded, "end": rss_end},
         "kv_cache_bytes_per_sequence": kv_bytes,
     }))
+}
+
+/// The median of some rates.
+fn median_of(mut rates: Vec<f64>) -> f64 {
+    rates.sort_by(f64::total_cmp);
+    rates[rates.len() / 2]
 }
 
 /// Writes a random-weight model of `preset` into `dir`.
