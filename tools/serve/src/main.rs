@@ -138,7 +138,7 @@ struct Cli {
     )]
     bench_streams: usize,
 
-    /// Repeats of the prefill and kernel measurements (medians are reported).
+    /// Repeats of the prefill, kernel and engine measurements (medians are reported).
     #[arg(
         long,
         value_name = "N",
