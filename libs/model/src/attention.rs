@@ -202,7 +202,7 @@ fn dot_with<B: Copy>(a: &[f32], b: &[B], widen: impl Fn(B) -> f32) -> f32 {
 #[cfg(target_arch = "x86_64")]
 mod simd {
     use super::{GroupView, KvValue, NEGLIGIBLE_EXPONENT, NEGLIGIBLE_WEIGHT};
-    use crate::vmath::x86::exp_of_negative;
+    use crate::vmath::x86::{exp_of_negative, horizontal_sum};
     use std::arch::x86_64::*;
 
     /// Whether [`attend_avx2_fma`] runs here for heads of `head_dim` channels.
@@ -287,13 +287,6 @@ mod simd {
             _mm256_permute2f128_ps(s0123, s4567, 0x20),
             _mm256_permute2f128_ps(s0123, s4567, 0x31),
         )
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn horizontal_sum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
     }
 
     /// Scores → softmax weights, negligible ones dropped. The tail of fewer than eight goes

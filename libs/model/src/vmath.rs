@@ -1,7 +1,8 @@
-//! Vector math shared by attention and the feed-forward block: a polynomial `e^x` for x ≤ 0 in
-//! 8-wide AVX2 + FMA vectors, and the SwiGLU product `silu(gate) · up` built on it. Each has a
-//! portable form; a process always takes the same one (chosen by CPU features), so prefill,
-//! decode and batched decode agree bit for bit with each other. The two forms agree to a few ulps.
+//! Vector math shared by attention, the feed-forward block and sampling: a polynomial `e^x` for
+//! x ≤ 0 in 8-wide AVX2 + FMA vectors, the SwiGLU product `silu(gate) · up` and the softmax
+//! weights of a logits row built on it. Each has a portable form; a process always takes the same
+//! one (chosen by CPU features), so prefill, decode and batched decode agree bit for bit with each
+//! other. The two forms agree to a few ulps.
 
 /// `out[j] = silu(gate[j]) · up[j]` for each row of `gate_up` (`[R, 2F]`: the gate's F values,
 /// then up's), into `out` (`[R, F]`), with `silu(g) = g / (1 + e^-g)`.
@@ -30,6 +31,54 @@ pub(crate) fn swiglu_rows(gate_up: &[f32], f: usize, out: &mut [f32]) {
 
 fn silu(g: f32) -> f32 {
     g / (1.0 + (-g).exp())
+}
+
+/// Values per entry of the block sums [`softmax_weights`] writes.
+pub(crate) const WEIGHT_BLOCK: usize = 64;
+
+/// Weights below e^-87 (and NaN logits) count as 0.
+const LOWEST_EXPONENT: f32 = -87.0;
+
+/// Unnormalized softmax weights of `logits` at temperature `1 / inv_t`, relative to their
+/// largest value `max`: `out[i] = e^((logits[i] - max) · inv_t)`, 0 where the exponent is under
+/// -87 or the logit is NaN. `block_sums[b]` receives the sum of block b of [`WEIGHT_BLOCK`]
+/// weights; returns the sum of all.
+///
+/// # Panics
+/// If `out` is not as long as `logits` or `block_sums` does not hold one sum per block.
+pub(crate) fn softmax_weights(
+    logits: &[f32],
+    max: f32,
+    inv_t: f32,
+    out: &mut [f32],
+    block_sums: &mut [f32],
+) -> f32 {
+    assert_eq!(out.len(), logits.len(), "one weight per logit");
+    assert_eq!(
+        block_sums.len(),
+        logits.len().div_ceil(WEIGHT_BLOCK),
+        "one sum per block"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if x86::usable() {
+        // SAFETY: the CPU has AVX2 and FMA (checked by `usable`); the lengths were checked above.
+        return unsafe { x86::softmax_weights(logits, max, inv_t, out, block_sums) };
+    }
+    let mut total = 0.0;
+    for ((logits, out), sum) in logits
+        .chunks(WEIGHT_BLOCK)
+        .zip(out.chunks_mut(WEIGHT_BLOCK))
+        .zip(block_sums.iter_mut())
+    {
+        *sum = 0.0;
+        for (w, &l) in out.iter_mut().zip(logits) {
+            let x = (l - max) * inv_t;
+            *w = if x >= LOWEST_EXPONENT { x.exp() } else { 0.0 };
+            *sum += *w;
+        }
+        total += *sum;
+    }
+    total
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -68,6 +117,64 @@ pub(crate) mod x86 {
             23,
         ));
         _mm256_mul_ps(p, two_to_n)
+    }
+
+    /// The sum of the lanes of `v`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) unsafe fn horizontal_sum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+    }
+
+    /// Eight softmax weights: `e^((l - max) · inv_t)`, 0 where the exponent is under -87 or NaN.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn weights8(l: __m256, max: __m256, inv_t: __m256) -> __m256 {
+        let x = _mm256_mul_ps(_mm256_sub_ps(l, max), inv_t);
+        let kept = _mm256_cmp_ps(x, _mm256_set1_ps(super::LOWEST_EXPONENT), _CMP_GE_OQ);
+        _mm256_and_ps(exp_of_negative(x), kept)
+    }
+
+    /// [`super::softmax_weights`] 8 values at a time; a block's tail padded with -∞ (weight 0).
+    ///
+    /// # Safety
+    /// The CPU runs AVX2 and FMA; `out` is as long as `logits`; `block_sums` holds one entry
+    /// per block.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn softmax_weights(
+        logits: &[f32],
+        max: f32,
+        inv_t: f32,
+        out: &mut [f32],
+        block_sums: &mut [f32],
+    ) -> f32 {
+        let (max, inv_t) = (_mm256_set1_ps(max), _mm256_set1_ps(inv_t));
+        let mut total = 0.0;
+        for ((logits, out), sum) in logits
+            .chunks(super::WEIGHT_BLOCK)
+            .zip(out.chunks_mut(super::WEIGHT_BLOCK))
+            .zip(block_sums.iter_mut())
+        {
+            let mut acc = _mm256_setzero_ps();
+            let full = logits.len() / 8 * 8;
+            for j in (0..full).step_by(8) {
+                let w = weights8(_mm256_loadu_ps(logits.as_ptr().add(j)), max, inv_t);
+                _mm256_storeu_ps(out.as_mut_ptr().add(j), w);
+                acc = _mm256_add_ps(acc, w);
+            }
+            if full < logits.len() {
+                let rest = logits.len() - full;
+                let mut padded = [f32::NEG_INFINITY; 8];
+                padded[..rest].copy_from_slice(&logits[full..]);
+                let w = weights8(_mm256_loadu_ps(padded.as_ptr()), max, inv_t);
+                _mm256_storeu_ps(padded.as_mut_ptr(), w);
+                out[full..].copy_from_slice(&padded[..rest]);
+                acc = _mm256_add_ps(acc, w);
+            }
+            *sum = horizontal_sum(acc);
+            total += *sum;
+        }
+        total
     }
 
     /// `silu(g) · u` of 8 lanes from `E = e^-|g|` (never above 1, so never overflowing):
@@ -132,6 +239,42 @@ mod tests {
             worst = worst.max((got[0] as f64 - exact).abs() / ulp);
         }
         assert!(worst <= 2.0, "worst error {worst} ulps");
+    }
+
+    /// The dispatched softmax weights against f64, with NaN, -∞, weights under the floor and a
+    /// partial last block.
+    #[test]
+    fn softmax_weights_match_f64_and_sum_by_block() {
+        let mut logits: Vec<f32> = (0..1000)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 4.0)
+            .collect();
+        logits[3] = f32::NAN;
+        logits[70] = f32::NEG_INFINITY;
+        logits[999] = -500.0;
+        let (max, inv_t) = (12.5f32, 1.0 / 0.7f32);
+        let mut out = vec![f32::NAN; logits.len()];
+        let mut sums = vec![f32::NAN; logits.len().div_ceil(WEIGHT_BLOCK)];
+        let total = softmax_weights(&logits, max, inv_t, &mut out, &mut sums);
+        for (i, (&l, &w)) in logits.iter().zip(&out).enumerate() {
+            // The exponent as the f32 code rounds it, then e^x exactly.
+            let x = f64::from((l - max) * inv_t);
+            let want = if x >= -87.0 { x.exp() } else { 0.0 };
+            assert!(
+                (w as f64 - want).abs() <= 4.0 * f64::from(f32::EPSILON) * want,
+                "logit {i} ({l}): {w} vs {want}"
+            );
+        }
+        assert_eq!((out[3], out[70], out[999]), (0.0, 0.0, 0.0));
+        for (b, &sum) in sums.iter().enumerate() {
+            let block: f64 = out[b * WEIGHT_BLOCK..]
+                .iter()
+                .take(WEIGHT_BLOCK)
+                .map(|&w| w as f64)
+                .sum();
+            assert!((sum as f64 - block).abs() <= 1e-5 * block, "block {b}");
+        }
+        let all: f64 = out.iter().map(|&w| w as f64).sum();
+        assert!((total as f64 - all).abs() <= 1e-5 * all);
     }
 
     /// The dispatched SwiGLU (vector where the CPU runs it) against f64, over gates from -100 to
