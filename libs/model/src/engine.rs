@@ -7,9 +7,11 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use rayon::prelude::*;
+
 use crate::config::ModelConfig;
 use crate::kv::{KvCache, KvPrecision};
-use crate::model::{Logits, Model, SeqInput};
+use crate::model::{rows_per_task, Logits, Model, SeqInput};
 use crate::sampling::Sampler;
 use crate::stream::{Delta, Detokenizer, TextStream};
 use crate::tokenizer::Tokenizer;
@@ -406,25 +408,41 @@ impl Scheduler {
         let logits = self.model.forward(&mut inputs);
         drop(inputs);
 
-        let mut logits = logits.into_iter();
+        // Sequences sample independently (each its own seeded stream): in parallel when there
+        // are several, as the softmax over the vocabulary costs tens of microseconds each.
+        let per_task = rows_per_task(self.running.len());
+        let tokens: Vec<Option<u32>> = self
+            .running
+            .par_iter_mut()
+            .zip(logits)
+            .with_min_len(per_task)
+            .map(|(seq, mut row)| {
+                if row.is_empty() {
+                    return None; // still prefilling
+                }
+                Some(if seq.request.sampling.repetition_penalty == 1.0 {
+                    seq.sampler.sample(&mut row, &[])
+                } else {
+                    let history: Vec<u32> =
+                        [seq.request.prompt.as_slice(), seq.generated.as_slice()].concat();
+                    seq.sampler.sample(&mut row, &history)
+                })
+            })
+            .collect();
+        let mut tokens = tokens.into_iter();
         self.running.retain_mut(|seq| {
-            let mut row = logits.next().expect("one logits entry per sequence");
-            if row.is_empty() {
-                return true; // still prefilling
+            match tokens
+                .next()
+                .expect("one sampled token or none per sequence")
+            {
+                None => true,
+                Some(token) => advance(
+                    seq,
+                    token,
+                    &self.tokenizer,
+                    self.model.config.context_length,
+                ),
             }
-            let token = if seq.request.sampling.repetition_penalty == 1.0 {
-                seq.sampler.sample(&mut row, &[])
-            } else {
-                let history: Vec<u32> =
-                    [seq.request.prompt.as_slice(), seq.generated.as_slice()].concat();
-                seq.sampler.sample(&mut row, &history)
-            };
-            advance(
-                seq,
-                token,
-                &self.tokenizer,
-                self.model.config.context_length,
-            )
         });
     }
 }

@@ -142,12 +142,13 @@ struct Scratch {
 }
 
 /// Batches of at least this many rows split their per-row work (norms, mHC mixing, RoPE, SwiGLU,
-/// quantization) over the pool's threads; for fewer the split costs more than it saves.
+/// quantization; the engine's sampling, per sequence) over the pool's threads; for fewer the
+/// split costs more than it saves.
 const PARALLEL_MIN_ROWS: usize = 4;
 
 /// Rows per task of the per-row work: all of them on this thread below [`PARALLEL_MIN_ROWS`] or
 /// on a one-thread pool, else an even share per thread.
-fn rows_per_task(rows: usize) -> usize {
+pub(crate) fn rows_per_task(rows: usize) -> usize {
     let threads = rayon::current_num_threads();
     if rows < PARALLEL_MIN_ROWS || threads == 1 {
         rows.max(1)

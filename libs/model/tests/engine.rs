@@ -173,6 +173,33 @@ fn seeded_sampling_is_reproducible() {
     assert_ne!(sampled(7), sampled(8));
 }
 
+/// Five sequences sample together (in parallel tasks, from the whole vocabulary's nucleus):
+/// each draws what it draws alone with its seed.
+#[test]
+fn seeded_sampling_alone_equals_sampling_in_a_crowd() {
+    let f = fixture();
+    let e = engine(&f, 8);
+    let sampled_request = |seed| {
+        let mut req = request(&prompt(3, 6), 16);
+        req.sampling = SamplingParams {
+            temperature: 0.9,
+            top_p: 0.9,
+            seed,
+            ..SamplingParams::default()
+        };
+        req
+    };
+    let alone: Vec<String> = (0..5)
+        .map(|seed| collect(e.submit(sampled_request(seed)).unwrap()).0)
+        .collect();
+    let receivers: Vec<_> = (0..5)
+        .map(|seed| e.submit(sampled_request(seed)).unwrap())
+        .collect();
+    let crowd: Vec<String> = receivers.into_iter().map(|rx| collect(rx).0).collect();
+    assert_eq!(alone, crowd);
+    assert!(alone.iter().any(|text| text != &alone[0]), "{alone:?}");
+}
+
 fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
     while !done() {
