@@ -568,11 +568,11 @@ NTK_AVX512VNNI static void gemm_block_vnni(const ntk_weights *w, const ntk_acts 
             acc[b] = _mm512_fmadd_ps(group_scales, _mm512_cvtepi32_ps(dots), acc[b]);
         }
     }
-    for (int b = 0; b < NTK_VNNI_CHUNK; b++) {
-        float out[2 * NTK_TILE];
-        _mm512_storeu_ps(out, _mm512_mul_ps(acc[b], _mm512_set1_ps(a->act_scales[v0 + b])));
-        for (size_t r = 0; r < count; r++) y[(v0 + b) * y_stride + r] = out[r];
-    }
+    /* Lanes past count are rows that are not there: not stored. */
+    const __mmask16 present = (__mmask16)((1u << count) - 1);
+    for (int b = 0; b < NTK_VNNI_CHUNK; b++)
+        _mm512_mask_storeu_ps(y + (v0 + b) * y_stride, present,
+                              _mm512_mul_ps(acc[b], _mm512_set1_ps(a->act_scales[v0 + b])));
 }
 
 NTK_AVX512VNNI void ntk_gemm_i2p_i8_avx512vnni(const ntk_weights *w, const ntk_acts *a,
