@@ -33,6 +33,28 @@ fn json_report_covers_every_runnable_kernel_thread_count_and_batch() {
         .into_iter()
         .filter(|&k| k != Kernel::Reference)
         .collect();
+    // One arithmetic peak per SIMD kernel and thread count; a row's share is its GOPS over the
+    // peak of its kernel and thread count.
+    let peaks = report["arithmetic_peak"].as_array().unwrap();
+    let simd: Vec<Kernel> = kernels
+        .iter()
+        .copied()
+        .filter(|&k| ternary::peak::instruction(k).is_some())
+        .collect();
+    assert_eq!(peaks.len(), simd.len() * 2);
+    for row in results {
+        let peak = peaks
+            .iter()
+            .find(|p| p["kernel"] == row["kernel"] && p["threads"] == row["threads"]);
+        match peak {
+            Some(p) => {
+                let share = row["gops"].as_f64().unwrap() / p["gops"].as_f64().unwrap();
+                let reported = row["peak_share"].as_f64().unwrap();
+                assert!((share - reported).abs() <= 1e-9 * share, "{row}");
+            }
+            None => assert!(row["peak_share"].is_null(), "{row}"),
+        }
+    }
     assert_eq!(results.len(), kernels.len() * 2 * 2);
     for kernel in kernels {
         let rows: Vec<&Value> = results

@@ -596,6 +596,58 @@ NTK_AVX512VNNI void ntk_gemm_i2p_i8_avx512vnni(const ntk_weights *w, const ntk_a
     }
 }
 
+/* ------------------------------------------------------------------------------------------------
+ * Arithmetic peak probes: `rounds` rounds of 12 independent multiply(-accumulate) chains with the
+ * instruction each kernel's inner loop is built on (vpdpbusd for VNNI, vpmaddubsw for BW and
+ * AVX2), in inline assembly so the compiler neither folds them nor shuffles registers between
+ * them. Twelve chains hide the instructions' latency and stay in registers. Returns a value that
+ * depends on every result. Rounds x 12 x (products per instruction) is the work; the caller times
+ * it.
+ */
+
+#define NTK_PEAK_ROUND(STEP)                                                                       \
+    STEP(a0); STEP(a1); STEP(a2); STEP(a3); STEP(a4); STEP(a5);                                    \
+    STEP(a6); STEP(a7); STEP(a8); STEP(a9); STEP(a10); STEP(a11)
+#define NTK_PEAK_XOR(XOR)                                                                          \
+    XOR(XOR(XOR(a0, a1), XOR(a2, a3)), XOR(XOR(a4, a5), XOR(a6, a7))), XOR(XOR(a8, a9), XOR(a10, a11))
+#define NTK_PEAK_INIT(SET1)                                                                        \
+    a0 = SET1(seed), a1 = SET1(seed + 1), a2 = SET1(seed + 2), a3 = SET1(seed + 3),                \
+    a4 = SET1(seed + 4), a5 = SET1(seed + 5), a6 = SET1(seed + 6), a7 = SET1(seed + 7),            \
+    a8 = SET1(seed + 8), a9 = SET1(seed + 9), a10 = SET1(seed + 10), a11 = SET1(seed + 11)
+
+NTK_AVX512VNNI uint32_t ntk_peak_avx512vnni(size_t rounds, int32_t seed) {
+    const __m512i u = _mm512_set1_epi32(seed * 3), s = _mm512_set1_epi32(seed * 7);
+    __m512i NTK_PEAK_INIT(_mm512_set1_epi32);
+#define NTK_VNNI_STEP(acc) __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u), "v"(s))
+    for (size_t r = 0; r < rounds; r++) {
+        NTK_PEAK_ROUND(NTK_VNNI_STEP);
+    }
+#undef NTK_VNNI_STEP
+    return (uint32_t)_mm512_reduce_add_epi32(_mm512_xor_si512(NTK_PEAK_XOR(_mm512_xor_si512)));
+}
+
+NTK_AVX512BW uint32_t ntk_peak_avx512bw(size_t rounds, int32_t seed) {
+    const __m512i s = _mm512_set1_epi32(seed * 7);
+    __m512i NTK_PEAK_INIT(_mm512_set1_epi32);
+#define NTK_BW_STEP(acc) __asm__("vpmaddubsw %1, %0, %0" : "+v"(acc) : "v"(s))
+    for (size_t r = 0; r < rounds; r++) {
+        NTK_PEAK_ROUND(NTK_BW_STEP);
+    }
+#undef NTK_BW_STEP
+    return (uint32_t)_mm512_reduce_add_epi32(_mm512_xor_si512(NTK_PEAK_XOR(_mm512_xor_si512)));
+}
+
+NTK_AVX2 uint32_t ntk_peak_avx2(size_t rounds, int32_t seed) {
+    const __m256i s = _mm256_set1_epi32(seed * 7);
+    __m256i NTK_PEAK_INIT(_mm256_set1_epi32);
+#define NTK_AVX2_STEP(acc) __asm__("vpmaddubsw %1, %0, %0" : "+x"(acc) : "x"(s))
+    for (size_t r = 0; r < rounds; r++) {
+        NTK_PEAK_ROUND(NTK_AVX2_STEP);
+    }
+#undef NTK_AVX2_STEP
+    return (uint32_t)_mm256_extract_epi32(_mm256_xor_si256(NTK_PEAK_XOR(_mm256_xor_si256)), 0);
+}
+
 int ntk_has_x86_kernels(void) { return 1; }
 #else
 int ntk_has_x86_kernels(void) { return 0; }

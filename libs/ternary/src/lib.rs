@@ -3,8 +3,9 @@
 //! Owns: the 2-bit trit codes ([`trit`]), absmean group quantization of weights and absmax int8
 //! quantization of activations ([`quant`]), planar runtime weights ([`planar`]), the Rust reference
 //! GEMV that defines every result bit for bit ([`reference`]), the CPU kernels with their runtime
-//! dispatch ([`kernels`]), and the memory read bandwidth probe the benchmarks compare them with
-//! ([`bandwidth`]). Does not own file formats (libs/gguf) or any I/O policy.
+//! dispatch ([`kernels`]), and the two yardsticks the benchmarks compare them with: the memory read
+//! bandwidth ([`bandwidth`]) and the arithmetic peak of each kernel's multiply instruction
+//! ([`peak`]). Does not own file formats (libs/gguf) or any I/O policy.
 //!
 //! Shapes: a weight matrix is `[rows, cols]` = `[M, K]` (output features × input features); groups of
 //! [`GROUP_SIZE`] weights run along K.
@@ -12,6 +13,7 @@
 pub mod aligned;
 pub mod bandwidth;
 pub mod kernels;
+pub mod peak;
 pub mod planar;
 pub mod quant;
 pub mod reference;

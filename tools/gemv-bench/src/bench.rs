@@ -1,11 +1,13 @@
 //! The measurements: for every (shape, kernel, threads, batch) the median time of one call over
-//! repeated samples, turned into GOPS, weight bytes per second and a share of the measured read
-//! bandwidth at the same thread count.
+//! repeated samples, turned into GOPS, weight bytes per second, a share of the measured read
+//! bandwidth at the same thread count (the memory roofline) and a share of the kernel's measured
+//! arithmetic peak at that thread count (the compute roofline, which bounds large batches).
 
 use serde_json::json;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 use ternary::bandwidth::Probe;
+use ternary::peak;
 use ternary::{kernels, synthetic, Kernel, PlanarWeights, QuantizedBatch, GROUP_CODE_BYTES};
 
 /// With `--cold`, the copies of a matrix together take at least this many bytes, far beyond any
@@ -34,12 +36,22 @@ pub struct Row {
     gops: f64,
     weight_bytes_per_s: f64,
     bandwidth_share: f64,
+    /// GOPS over the kernel's arithmetic peak on as many threads; `None` without a probe.
+    peak_share: Option<f64>,
+}
+
+/// The arithmetic peak of one kernel on some threads (operations per second).
+struct Peak {
+    kernel: Kernel,
+    threads: usize,
+    ops_per_s: f64,
 }
 
 pub struct Report {
     cpu: String,
     cold: bool,
     bandwidth: Vec<(usize, f64)>,
+    peaks: Vec<Peak>,
     rows: Vec<Row>,
 }
 
@@ -89,6 +101,23 @@ pub fn run(plan: &Plan) -> Result<Report, String> {
         bandwidth.push((t, rate));
     }
     drop(probe);
+    let mut peaks = Vec::new();
+    for &kernel in &plan.kernels {
+        for &threads in &plan.threads {
+            if let Some(ops_per_s) = peak::multiply_add_peak(kernel, threads)? {
+                let (name, _) = peak::instruction(kernel).expect("a kernel with a peak names it");
+                eprintln!(
+                    "  arithmetic peak, {kernel} ({name}), {threads} thread(s): {:.1} GOPS",
+                    ops_per_s / 1e9
+                );
+                peaks.push(Peak {
+                    kernel,
+                    threads,
+                    ops_per_s,
+                });
+            }
+        }
+    }
     let pools = plan
         .threads
         .iter()
@@ -140,15 +169,20 @@ pub fn run(plan: &Plan) -> Result<Report, String> {
                         .iter()
                         .find(|(t, _)| *t == threads)
                         .map_or(f64::NAN, |&(_, r)| r);
+                    let ops_per_s = 2.0 * (m * k * batch) as f64 / seconds;
                     let row = Row {
                         kernel,
                         shape: (m, k),
                         threads,
                         batch,
                         seconds,
-                        gops: 2.0 * (m * k * batch) as f64 / seconds / 1e9,
+                        gops: ops_per_s / 1e9,
                         weight_bytes_per_s: bytes as f64 / seconds,
                         bandwidth_share: bytes as f64 / seconds / rate,
+                        peak_share: peaks
+                            .iter()
+                            .find(|p| p.kernel == kernel && p.threads == threads)
+                            .map(|p| ops_per_s / p.ops_per_s),
                     };
                     eprintln!(" {:.1} GOPS", row.gops);
                     rows.push(row);
@@ -160,6 +194,7 @@ pub fn run(plan: &Plan) -> Result<Report, String> {
         cpu: cpu_name(),
         cold: plan.cold,
         bandwidth,
+        peaks,
         rows,
     })
 }
@@ -181,13 +216,33 @@ impl Report {
                 rate / 1e9
             );
         }
+        for p in &self.peaks {
+            let (name, _) = peak::instruction(p.kernel).expect("a kernel with a peak names it");
+            out += &format!(
+                "arithmetic peak, {} ({name}), {} thread(s): {:.1} GOPS\n",
+                p.kernel.name(),
+                p.threads,
+                p.ops_per_s / 1e9
+            );
+        }
         out += &format!(
-            "{:<11} {:>11} {:>7} {:>5} {:>11} {:>8} {:>10} {:>7}\n",
-            "kernel", "shape", "threads", "batch", "median_us", "GOPS", "weight_GB/s", "%read_bw"
+            "{:<11} {:>11} {:>7} {:>5} {:>11} {:>8} {:>10} {:>7} {:>6}\n",
+            "kernel",
+            "shape",
+            "threads",
+            "batch",
+            "median_us",
+            "GOPS",
+            "weight_GB/s",
+            "%read_bw",
+            "%peak"
         );
         for r in &self.rows {
+            let peak_share = r
+                .peak_share
+                .map_or("-".to_string(), |s| format!("{:.1}", s * 100.0));
             out += &format!(
-                "{:<11} {:>11} {:>7} {:>5} {:>11.1} {:>8.1} {:>10.2} {:>7.1}\n",
+                "{:<11} {:>11} {:>7} {:>5} {:>11.1} {:>8.1} {:>10.2} {:>7.1} {:>6}\n",
                 r.kernel.name(),
                 format!("{}x{}", r.shape.0, r.shape.1),
                 r.threads,
@@ -195,7 +250,8 @@ impl Report {
                 r.seconds * 1e6,
                 r.gops,
                 r.weight_bytes_per_s / 1e9,
-                r.bandwidth_share * 100.0
+                r.bandwidth_share * 100.0,
+                peak_share
             );
         }
         out
@@ -216,6 +272,7 @@ impl Report {
                     "gops": r.gops,
                     "weight_bytes_per_second": r.weight_bytes_per_s,
                     "read_bandwidth_share": r.bandwidth_share,
+                    "peak_share": r.peak_share,
                 })
             })
             .collect();
@@ -224,10 +281,23 @@ impl Report {
             .iter()
             .map(|(t, rate)| json!({"threads": t, "bytes_per_second": rate}))
             .collect();
+        let peaks: Vec<_> = self
+            .peaks
+            .iter()
+            .map(|p| {
+                json!({
+                    "kernel": p.kernel.name(),
+                    "instruction": peak::instruction(p.kernel).map(|(name, _)| name),
+                    "threads": p.threads,
+                    "gops": p.ops_per_s / 1e9,
+                })
+            })
+            .collect();
         json!({
             "cpu": self.cpu,
             "cold": self.cold,
             "read_bandwidth": bandwidth,
+            "arithmetic_peak": peaks,
             "results": rows,
         })
         .to_string()

@@ -1,6 +1,7 @@
 //! gemv-bench: throughput of every ternary kernel this CPU runs, against this machine's own memory
-//! read bandwidth (measured at start). Thin binary: flags, progress and printing; the measuring
-//! lives in `bench.rs`, the bandwidth probe in `bandwidth.rs`.
+//! read bandwidth and each kernel's arithmetic peak (both measured at start). Thin binary: flags,
+//! progress and printing; the measuring lives in `bench.rs`, the probes in libs/ternary
+//! (`bandwidth.rs`, `peak.rs`).
 
 mod bench;
 
@@ -17,8 +18,11 @@ const DEFAULT_SHAPES: [&str; 5] = [
 ];
 
 /// Measures ternary GEMV/GEMM throughput: GOPS (2·M·K·B / s), weight bytes read per second, and
-/// that rate as a share of this machine's memory read bandwidth (measured at start with a
-/// large-buffer read, on 1 thread and on all threads). Every figure is the median of repeated runs.
+/// two rooflines measured at start on each thread count: that rate as a share of this machine's
+/// memory read bandwidth (a large-buffer read; what bounds batch 1), and GOPS as a share of the
+/// kernel's arithmetic peak (the throughput of its multiply instruction, vpdpbusd or vpmaddubsw,
+/// with nothing else running; what bounds large batches). Every figure is the median of repeated
+/// runs.
 ///
 /// Examples:
 ///   gemv-bench                                  # every kernel, the default shapes, 1 and all threads

@@ -1,0 +1,142 @@
+//! Arithmetic peak of a kernel on this machine: how many int8 products per second the instruction
+//! at the heart of its inner loop delivers when nothing else runs (vpdpbusd for AVX-512 VNNI,
+//! vpmaddubsw for AVX-512 BW and AVX2), on a given number of threads, median of several samples.
+//! The compute-side yardstick, as [`crate::bandwidth`] is the memory-side one: a GEMM over many
+//! vectors reads each weight once and multiplies it many times, so this rate, not memory, bounds it.
+//! A real kernel also decodes codes, sums and scales, so it stays below the figure.
+
+use rayon::prelude::*;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use crate::Kernel;
+
+/// Independent chains per round in the C probes (NTK_PEAK_CHAINS there).
+const CHAINS: usize = 12;
+/// Timed samples; the median is reported.
+const SAMPLES: usize = 5;
+/// Each sample runs at least this long (rounds are calibrated once to reach it).
+const SAMPLE_TIME: Duration = Duration::from_millis(20);
+
+/// The instruction a kernel's peak is measured on, and the int8 products one of them does.
+pub fn instruction(kernel: Kernel) -> Option<(&'static str, usize)> {
+    match kernel {
+        Kernel::Avx512Vnni => Some(("vpdpbusd zmm", 64)),
+        Kernel::Avx512Bw => Some(("vpmaddubsw zmm", 64)),
+        Kernel::Avx2 => Some(("vpmaddubsw ymm", 32)),
+        _ => None,
+    }
+}
+
+/// Runs `rounds` rounds of the kernel's probe on this thread; `None` for kernels without one.
+fn probe(kernel: Kernel, rounds: usize, seed: i32) -> Option<u32> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if !kernel.is_supported() {
+            return None;
+        }
+        // SAFETY: the CPU runs the kernel's instruction set (checked just above), which is all
+        // the probes need; they read and write registers only.
+        unsafe {
+            match kernel {
+                Kernel::Avx512Vnni => Some(ffi::ntk_peak_avx512vnni(rounds, seed)),
+                Kernel::Avx512Bw => Some(ffi::ntk_peak_avx512bw(rounds, seed)),
+                Kernel::Avx2 => Some(ffi::ntk_peak_avx2(rounds, seed)),
+                _ => None,
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (kernel, rounds, seed);
+        None
+    }
+}
+
+/// Median operations per second (2 per product, the unit of GOPS everywhere in this project) of
+/// `kernel`'s instruction on `threads` threads together; `None` when the kernel has no probe or
+/// does not run on this CPU.
+pub fn multiply_add_peak(kernel: Kernel, threads: usize) -> Result<Option<f64>, String> {
+    let Some((_, products)) = instruction(kernel) else {
+        return Ok(None);
+    };
+    if probe(kernel, 1, 1).is_none() {
+        return Ok(None);
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| format!("cannot start {threads} threads: {e}"))?;
+    // Calibration on one thread: rounds that take about SAMPLE_TIME.
+    let mut rounds = 1 << 16;
+    loop {
+        let start = Instant::now();
+        black_box(probe(kernel, rounds, 3));
+        if start.elapsed() >= SAMPLE_TIME / 4 || rounds >= 1 << 34 {
+            let scaled = rounds as f64 * SAMPLE_TIME.as_secs_f64() / start.elapsed().as_secs_f64();
+            rounds = (scaled as usize).max(1);
+            break;
+        }
+        rounds *= 4;
+    }
+    let mut rates: Vec<f64> = (0..SAMPLES)
+        .map(|sample| {
+            let start = Instant::now();
+            let check = pool.install(|| {
+                (0..threads)
+                    .into_par_iter()
+                    .map(|t| probe(kernel, rounds, (sample * threads + t) as i32).unwrap_or(0))
+                    .reduce(|| 0, |a, b| a ^ b)
+            });
+            black_box(check);
+            let ops = 2.0 * (threads * rounds * CHAINS * products) as f64;
+            ops / start.elapsed().as_secs_f64()
+        })
+        .collect();
+    rates.sort_by(f64::total_cmp);
+    Ok(Some(rates[SAMPLES / 2]))
+}
+
+#[cfg(target_arch = "x86_64")]
+mod ffi {
+    extern "C" {
+        pub fn ntk_peak_avx512vnni(rounds: usize, seed: i32) -> u32;
+        pub fn ntk_peak_avx512bw(rounds: usize, seed: i32) -> u32;
+        pub fn ntk_peak_avx2(rounds: usize, seed: i32) -> u32;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_simd_kernel_this_cpu_runs_has_a_positive_peak_and_the_others_none() {
+        for kernel in Kernel::compiled() {
+            let peak = multiply_add_peak(kernel, 1).unwrap();
+            match (instruction(kernel), kernel.is_supported()) {
+                (Some(_), true) => {
+                    let gops = peak.expect("a probe for a runnable SIMD kernel") / 1e9;
+                    // Between a slow emulator and anything a CPU of this decade does per core.
+                    assert!(
+                        gops.is_finite() && gops > 0.1 && gops < 100_000.0,
+                        "{kernel}"
+                    );
+                }
+                _ => assert!(peak.is_none(), "{kernel}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_probes_depend_on_their_inputs() {
+        // A probe that was optimised away would return the same value for any seed or length.
+        for kernel in Kernel::available() {
+            if let Some(a) = probe(kernel, 10, 1) {
+                let b = probe(kernel, 10, 2).unwrap();
+                let c = probe(kernel, 11, 1).unwrap();
+                assert!(a != b || a != c, "{kernel}: {a} {b} {c}");
+            }
+        }
+    }
+}
