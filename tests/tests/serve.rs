@@ -433,4 +433,19 @@ fn bench_mode_reports_every_figure_as_json() {
     }
     assert_eq!(report["engine"]["streams"], json!(3));
     assert!(stderr.contains("memory roofline:"), "{stderr}");
+    // The compute roofline: the kernel's peak over the operations per token, where the kernel
+    // has a probe (every SIMD kernel; the portable ones have none).
+    let engine = &report["engine"];
+    match engine["arithmetic_peak_gops"].as_f64() {
+        Some(gops) => {
+            let ceiling = engine["products_ceiling_tokens_per_s"].as_f64().unwrap();
+            let expected = gops * 1e9 / (2.0 * macs as f64);
+            assert!(
+                (ceiling - expected).abs() <= 1e-9 * expected,
+                "{ceiling} vs {expected}"
+            );
+            assert!(stderr.contains("compute roofline:"), "{stderr}");
+        }
+        None => assert!(engine["products_ceiling_tokens_per_s"].is_null()),
+    }
 }

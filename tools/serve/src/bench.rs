@@ -42,7 +42,8 @@ pub fn run(options: &BenchOptions) -> Result<serde_json::Value, String> {
     let rss_loaded = resident_bytes().unwrap_or(0);
     let config = model.config.clone();
     eprintln!("model: {}", config.describe());
-    let kernel = model.kernel.name();
+    let kernel_choice = model.kernel;
+    let kernel = kernel_choice.name();
     eprintln!("kernel: {kernel}; KV cache: {}", options.kv_precision);
 
     let gops = with_threads(1, || kernel_gops(model.kernel, 4096, 4096, options.repeats));
@@ -151,6 +152,25 @@ pub fn run(options: &BenchOptions) -> Result<serde_json::Value, String> {
         100.0 * weight_stream / read_bandwidth,
         read_bandwidth / 1e9
     );
+    // Concurrent streams share each weight pass, so their products are bounded by arithmetic, not
+    // memory: the kernel's multiply instruction at full speed on every thread.
+    let peak = ternary::peak::multiply_add_peak(kernel_choice, options.threads)?;
+    let streams_ceiling = peak.map(|p| p / ops_per_token);
+    if let (Some(p), Some(ceiling)) = (peak, streams_ceiling) {
+        let (instruction, _) =
+            ternary::peak::instruction(kernel_choice).expect("a kernel with a peak names it");
+        eprintln!(
+            "compute roofline: {instruction} peak on {} threads {:.1} GOPS / {:.1} M operations \
+             per token = {ceiling:.0} tokens/s for the matrix products alone ({:.2}x the 1-stream \
+             rate); {} streams ran at {many_rate:.1} tokens/s, {:.0}% of it",
+            options.threads,
+            p / 1e9,
+            ops_per_token / 1e6,
+            ceiling / single_rate,
+            options.streams,
+            100.0 * many_rate / ceiling
+        );
+    }
     Ok(json!({
         "model": config,
         "gguf_bytes": gguf_bytes,
@@ -164,6 +184,8 @@ pub fn run(options: &BenchOptions) -> Result<serde_json::Value, String> {
             "streams": options.streams,
             "aggregate_tokens_per_s": many_rate,
             "aggregate_over_single": many_rate / single_rate,
+            "arithmetic_peak_gops": peak.map(|p| p / 1e9),
+            "products_ceiling_tokens_per_s": streams_ceiling,
         },
         "weight_ops_per_token": ops_per_token,
         "efficiency_1_thread": efficiency,

@@ -89,7 +89,8 @@ struct Cli {
 
     /// Measure instead of serving: prefill and decode tokens/s on 1 and --threads threads,
     /// sequences decoded together, concurrent streams through the scheduler, the kernel's
-    /// single-thread GEMV GOPS in the same process, end-to-end efficiency, resident memory.
+    /// single-thread GEMV GOPS in the same process, end-to-end efficiency, resident memory, the
+    /// memory roofline of decoding and the compute roofline of concurrent streams.
     /// Without --model, a random-weight model of --bench-preset is written to a temporary folder.
     ///
     /// Example: serve --bench --threads 2 --json
