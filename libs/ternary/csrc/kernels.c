@@ -615,38 +615,36 @@ NTK_AVX512VNNI void ntk_gemm_i2p_i8_avx512vnni(const ntk_weights *w, const ntk_a
     a4 = SET1(seed + 4), a5 = SET1(seed + 5), a6 = SET1(seed + 6), a7 = SET1(seed + 7),            \
     a8 = SET1(seed + 8), a9 = SET1(seed + 9), a10 = SET1(seed + 10), a11 = SET1(seed + 11)
 
-NTK_AVX512VNNI uint32_t ntk_peak_avx512vnni(size_t rounds, int32_t seed) {
-    const __m512i u = _mm512_set1_epi32(seed * 3), s = _mm512_set1_epi32(seed * 7);
-    __m512i NTK_PEAK_INIT(_mm512_set1_epi32);
-#define NTK_VNNI_STEP(acc) __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u), "v"(s))
-    for (size_t r = 0; r < rounds; r++) {
-        NTK_PEAK_ROUND(NTK_VNNI_STEP);
+/* One probe: `u` and `s` are the fixed operands, STEP(acc) one instruction on chain acc, REDUCE
+ * folds the last vector to 32 bits. */
+#define NTK_DEFINE_PEAK(NAME, ATTR, VEC, SET1, XOR, STEP, REDUCE)                                  \
+    ATTR uint32_t NAME(size_t rounds, int32_t seed) {                                              \
+        const VEC u = SET1(seed * 3), s = SET1(seed * 7);                                          \
+        (void)u;                                                                                   \
+        VEC NTK_PEAK_INIT(SET1);                                                                   \
+        for (size_t r = 0; r < rounds; r++) {                                                      \
+            NTK_PEAK_ROUND(STEP);                                                                  \
+        }                                                                                          \
+        return REDUCE(XOR(NTK_PEAK_XOR(XOR)));                                                     \
     }
-#undef NTK_VNNI_STEP
-    return (uint32_t)_mm512_reduce_add_epi32(_mm512_xor_si512(NTK_PEAK_XOR(_mm512_xor_si512)));
+
+#define NTK_VPDPBUSD_STEP(acc) __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u), "v"(s))
+#define NTK_VPMADDUBSW_STEP(acc) __asm__("vpmaddubsw %1, %0, %0" : "+v"(acc) : "v"(s))
+#define NTK_VPMADDUBSW_YMM_STEP(acc) __asm__("vpmaddubsw %1, %0, %0" : "+x"(acc) : "x"(s))
+
+NTK_AVX512BW static inline uint32_t reduce_peak_zmm(__m512i v) {
+    return (uint32_t)_mm512_reduce_add_epi32(v);
+}
+NTK_AVX2 static inline uint32_t reduce_peak_ymm(__m256i v) {
+    return (uint32_t)_mm256_extract_epi32(v, 0);
 }
 
-NTK_AVX512BW uint32_t ntk_peak_avx512bw(size_t rounds, int32_t seed) {
-    const __m512i s = _mm512_set1_epi32(seed * 7);
-    __m512i NTK_PEAK_INIT(_mm512_set1_epi32);
-#define NTK_BW_STEP(acc) __asm__("vpmaddubsw %1, %0, %0" : "+v"(acc) : "v"(s))
-    for (size_t r = 0; r < rounds; r++) {
-        NTK_PEAK_ROUND(NTK_BW_STEP);
-    }
-#undef NTK_BW_STEP
-    return (uint32_t)_mm512_reduce_add_epi32(_mm512_xor_si512(NTK_PEAK_XOR(_mm512_xor_si512)));
-}
-
-NTK_AVX2 uint32_t ntk_peak_avx2(size_t rounds, int32_t seed) {
-    const __m256i s = _mm256_set1_epi32(seed * 7);
-    __m256i NTK_PEAK_INIT(_mm256_set1_epi32);
-#define NTK_AVX2_STEP(acc) __asm__("vpmaddubsw %1, %0, %0" : "+x"(acc) : "x"(s))
-    for (size_t r = 0; r < rounds; r++) {
-        NTK_PEAK_ROUND(NTK_AVX2_STEP);
-    }
-#undef NTK_AVX2_STEP
-    return (uint32_t)_mm256_extract_epi32(_mm256_xor_si256(NTK_PEAK_XOR(_mm256_xor_si256)), 0);
-}
+NTK_DEFINE_PEAK(ntk_peak_avx512vnni, NTK_AVX512VNNI, __m512i, _mm512_set1_epi32, _mm512_xor_si512,
+                NTK_VPDPBUSD_STEP, reduce_peak_zmm)
+NTK_DEFINE_PEAK(ntk_peak_avx512bw, NTK_AVX512BW, __m512i, _mm512_set1_epi32, _mm512_xor_si512,
+                NTK_VPMADDUBSW_STEP, reduce_peak_zmm)
+NTK_DEFINE_PEAK(ntk_peak_avx2, NTK_AVX2, __m256i, _mm256_set1_epi32, _mm256_xor_si256,
+                NTK_VPMADDUBSW_YMM_STEP, reduce_peak_ymm)
 
 int ntk_has_x86_kernels(void) { return 1; }
 #else
