@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::Kernel;
 
-/// Independent chains per round in the C probes (NTK_PEAK_CHAINS there).
+/// Independent chains per round in the C probes (the twelve of NTK_PEAK_ROUND there).
 const CHAINS: usize = 12;
 /// Timed samples; the median is reported.
 const SAMPLES: usize = 5;
@@ -53,15 +53,23 @@ fn probe(kernel: Kernel, rounds: usize, seed: i32) -> Option<u32> {
     }
 }
 
-/// Median operations per second (2 per product, the unit of GOPS everywhere in this project) of
-/// `kernel`'s instruction on `threads` threads together; `None` when the kernel has no probe or
-/// does not run on this CPU.
-pub fn multiply_add_peak(kernel: Kernel, threads: usize) -> Result<Option<f64>, String> {
+/// A measured arithmetic peak.
+#[derive(Clone, Copy, Debug)]
+pub struct Peak {
+    /// The instruction timed, e.g. "vpdpbusd zmm".
+    pub instruction: &'static str,
+    /// Operations per second (2 per product, the unit of GOPS everywhere in this project).
+    pub ops_per_s: f64,
+}
+
+/// The median peak of `kernel`'s instruction on `threads` threads together; `None` when the
+/// kernel has no probe or does not run on this CPU.
+pub fn multiply_add_peak(kernel: Kernel, threads: usize) -> Result<Option<Peak>, String> {
     let threads = threads.max(1);
-    let Some((_, products)) = instruction(kernel) else {
+    let Some((instruction, products)) = instruction(kernel) else {
         return Ok(None);
     };
-    if probe(kernel, 1, 1).is_none() {
+    if !kernel.is_supported() {
         return Ok(None);
     }
     // Calibration on one thread: rounds that take about SAMPLE_TIME.
@@ -82,7 +90,7 @@ pub fn multiply_add_peak(kernel: Kernel, threads: usize) -> Result<Option<f64>, 
         // Threads of their own, released together: a pool may run two short jobs one after the
         // other on one worker while the other sleeps, which would halve the figure.
         let start = Barrier::new(threads);
-        let longest = std::thread::scope(|scope| {
+        let elapsed: Vec<Duration> = std::thread::scope(|scope| {
             let workers: Vec<_> = (0..threads)
                 .map(|t| {
                     let start = &start;
@@ -96,18 +104,18 @@ pub fn multiply_add_peak(kernel: Kernel, threads: usize) -> Result<Option<f64>, 
                 .collect();
             workers
                 .into_iter()
-                .map(|w| {
-                    w.join()
-                        .map_err(|_| "a peak probe thread panicked".to_string())
-                })
-                .try_fold(Duration::ZERO, |longest, elapsed| {
-                    Ok::<_, String>(longest.max(elapsed?))
-                })
-        })?;
+                .map(|w| w.join())
+                .collect::<Result<_, _>>()
+        })
+        .map_err(|_| "a peak probe thread panicked".to_string())?;
+        let longest = elapsed.into_iter().max().unwrap_or_default();
         rates.push(ops / longest.as_secs_f64());
     }
     rates.sort_by(f64::total_cmp);
-    Ok(Some(rates[SAMPLES / 2]))
+    Ok(Some(Peak {
+        instruction,
+        ops_per_s: rates[SAMPLES / 2],
+    }))
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -129,7 +137,12 @@ mod tests {
             let peak = multiply_add_peak(kernel, 1).unwrap();
             match (instruction(kernel), kernel.is_supported()) {
                 (Some(_), true) => {
-                    let gops = peak.expect("a probe for a runnable SIMD kernel") / 1e9;
+                    let peak = peak.expect("a probe for a runnable SIMD kernel");
+                    assert_eq!(
+                        Some(peak.instruction),
+                        instruction(kernel).map(|(name, _)| name)
+                    );
+                    let gops = peak.ops_per_s / 1e9;
                     // Between a slow emulator and anything a CPU of this decade does per core.
                     assert!(
                         gops.is_finite() && gops > 0.1 && gops < 100_000.0,

@@ -40,18 +40,18 @@ pub struct Row {
     peak_share: Option<f64>,
 }
 
-/// The arithmetic peak of one kernel on some threads (operations per second).
-struct Peak {
+/// The arithmetic peak of one kernel on some threads.
+struct KernelPeak {
     kernel: Kernel,
     threads: usize,
-    ops_per_s: f64,
+    peak: peak::Peak,
 }
 
 pub struct Report {
     cpu: String,
     cold: bool,
     bandwidth: Vec<(usize, f64)>,
-    peaks: Vec<Peak>,
+    peaks: Vec<KernelPeak>,
     rows: Vec<Row>,
 }
 
@@ -104,16 +104,16 @@ pub fn run(plan: &Plan) -> Result<Report, String> {
     let mut peaks = Vec::new();
     for &kernel in &plan.kernels {
         for &threads in &plan.threads {
-            if let Some(ops_per_s) = peak::multiply_add_peak(kernel, threads)? {
-                let (name, _) = peak::instruction(kernel).expect("a kernel with a peak names it");
+            if let Some(peak) = peak::multiply_add_peak(kernel, threads)? {
                 eprintln!(
-                    "  arithmetic peak, {kernel} ({name}), {threads} thread(s): {:.1} GOPS",
-                    ops_per_s / 1e9
+                    "  arithmetic peak, {kernel} ({}), {threads} thread(s): {:.1} GOPS",
+                    peak.instruction,
+                    peak.ops_per_s / 1e9
                 );
-                peaks.push(Peak {
+                peaks.push(KernelPeak {
                     kernel,
                     threads,
-                    ops_per_s,
+                    peak,
                 });
             }
         }
@@ -182,7 +182,7 @@ pub fn run(plan: &Plan) -> Result<Report, String> {
                         peak_share: peaks
                             .iter()
                             .find(|p| p.kernel == kernel && p.threads == threads)
-                            .map(|p| ops_per_s / p.ops_per_s),
+                            .map(|p| ops_per_s / p.peak.ops_per_s),
                     };
                     eprintln!(" {:.1} GOPS", row.gops);
                     rows.push(row);
@@ -217,12 +217,12 @@ impl Report {
             );
         }
         for p in &self.peaks {
-            let (name, _) = peak::instruction(p.kernel).expect("a kernel with a peak names it");
             out += &format!(
-                "arithmetic peak, {} ({name}), {} thread(s): {:.1} GOPS\n",
+                "arithmetic peak, {} ({}), {} thread(s): {:.1} GOPS\n",
                 p.kernel.name(),
+                p.peak.instruction,
                 p.threads,
-                p.ops_per_s / 1e9
+                p.peak.ops_per_s / 1e9
             );
         }
         out += &format!(
@@ -287,9 +287,9 @@ impl Report {
             .map(|p| {
                 json!({
                     "kernel": p.kernel.name(),
-                    "instruction": peak::instruction(p.kernel).map(|(name, _)| name),
+                    "instruction": p.peak.instruction,
                     "threads": p.threads,
-                    "gops": p.ops_per_s / 1e9,
+                    "gops": p.peak.ops_per_s / 1e9,
                 })
             })
             .collect();

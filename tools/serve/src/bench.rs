@@ -155,16 +155,15 @@ pub fn run(options: &BenchOptions) -> Result<serde_json::Value, String> {
     // Concurrent streams share each weight pass, so their products are bounded by arithmetic, not
     // memory: the kernel's multiply instruction at full speed on every thread.
     let peak = ternary::peak::multiply_add_peak(kernel_choice, options.threads)?;
-    let streams_ceiling = peak.map(|p| p / ops_per_token);
+    let streams_ceiling = peak.map(|p| p.ops_per_s / ops_per_token);
     if let (Some(p), Some(ceiling)) = (peak, streams_ceiling) {
-        let (instruction, _) =
-            ternary::peak::instruction(kernel_choice).expect("a kernel with a peak names it");
         eprintln!(
-            "compute roofline: {instruction} peak on {} threads {:.1} GOPS / {:.1} M operations \
+            "compute roofline: {} peak on {} threads {:.1} GOPS / {:.1} M operations \
              per token = {ceiling:.0} tokens/s for the matrix products alone ({:.2}x the 1-stream \
              rate); {} streams ran at {many_rate:.1} tokens/s, {:.0}% of it",
+            p.instruction,
             options.threads,
-            p / 1e9,
+            p.ops_per_s / 1e9,
             ops_per_token / 1e6,
             ceiling / single_rate,
             options.streams,
@@ -184,7 +183,7 @@ pub fn run(options: &BenchOptions) -> Result<serde_json::Value, String> {
             "streams": options.streams,
             "aggregate_tokens_per_s": many_rate,
             "aggregate_over_single": many_rate / single_rate,
-            "arithmetic_peak_gops": peak.map(|p| p / 1e9),
+            "arithmetic_peak_gops": peak.map(|p| p.ops_per_s / 1e9),
             "products_ceiling_tokens_per_s": streams_ceiling,
         },
         "weight_ops_per_token": ops_per_token,
