@@ -469,7 +469,8 @@ impl Model {
 fn rmsnorm_rows(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     let c = weight.len();
     for (xr, or) in x.chunks_exact(c).zip(out.chunks_exact_mut(c)) {
-        let mean_sq = xr.iter().map(|v| v * v).sum::<f32>() / c as f32;
+        // Eight running sums (dot's), not one chain of dependent adds.
+        let mean_sq = dot(xr, xr) / c as f32;
         let inv = 1.0 / (mean_sq + eps).sqrt();
         for ((o, &v), &w) in or.iter_mut().zip(xr).zip(weight) {
             *o = v * inv * w;
