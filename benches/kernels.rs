@@ -25,6 +25,7 @@ fn bench_kernels(c: &mut Criterion) {
                 if kernel == Kernel::Reference && rows > 2048 {
                     continue; // minutes per sample, and not a kernel anyone runs for speed
                 }
+                let w = w.clone().into_layout(kernel.code_layout());
                 let id = BenchmarkId::new(kernel.name(), format!("batch{batch}"));
                 group.bench_function(id, |b| {
                     b.iter(|| kernels::gemm(kernel, &w, &x, &mut y).expect("checked shapes"))

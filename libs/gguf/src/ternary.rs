@@ -259,7 +259,8 @@ mod tests {
     fn gemv(kernel: Kernel, w: &PlanarWeights, x: &[f32]) -> Vec<u32> {
         let q = quantize_activations(x);
         let mut y = vec![0f32; w.rows()];
-        ternary::kernels::gemv(kernel, w, &q, &mut y).expect("kernel runs");
+        let w = w.clone().into_layout(kernel.code_layout());
+        ternary::kernels::gemv(kernel, &w, &q, &mut y).expect("kernel runs");
         y.into_iter().map(f32::to_bits).collect()
     }
 

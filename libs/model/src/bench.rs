@@ -157,7 +157,8 @@ pub fn engine_streams(
 /// matrix: the median of `repeats` timed runs of about 50 ms each.
 pub fn kernel_gops(kernel: Kernel, rows: usize, cols: usize, repeats: usize) -> f64 {
     let w = PlanarWeights::from_f32(rows, cols, &uniform_values(rows * cols, 3))
-        .expect("a non-empty random matrix");
+        .expect("a non-empty random matrix")
+        .into_layout(kernel.code_layout());
     let x = quantize_activations(&uniform_values(cols, 4));
     let mut y = vec![0.0f32; rows];
     let mut run = || {

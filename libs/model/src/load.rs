@@ -73,6 +73,7 @@ impl Model {
         let reader = TensorReader {
             file: &file,
             expected: Default::default(),
+            kernel: Kernel::selected()?,
         };
         let mut model = reader.model(config).map_err(invalid)?;
         reader.check_no_extra_tensors().map_err(invalid)?;
@@ -115,6 +116,8 @@ impl Model {
 struct TensorReader<'a> {
     file: &'a GgufFile,
     expected: std::cell::RefCell<HashSet<String>>,
+    /// The kernel the model will run: ternary weights are laid out for it.
+    kernel: Kernel,
 }
 
 impl TensorReader<'_> {
@@ -152,7 +155,7 @@ impl TensorReader<'_> {
             output_norm,
             head,
             mixings: Vec::new(),
-            kernel: Kernel::selected().map_err(|e| e.to_string())?,
+            kernel: self.kernel,
             config,
         })
     }
@@ -207,7 +210,7 @@ impl TensorReader<'_> {
     }
 
     /// Ternary weights `(name, rows)` of `cols` columns each, stacked row-wise into one planar
-    /// matrix.
+    /// matrix in the code layout of the kernel.
     fn ternary_stack(
         &self,
         parts: &[(String, usize)],
@@ -236,6 +239,7 @@ impl TensorReader<'_> {
         }
         let names: Vec<&str> = parts.iter().map(|(n, _)| n.as_str()).collect();
         PlanarWeights::from_packed(rows, cols, &codes, &scales)
+            .map(|w| w.into_layout(self.kernel.code_layout()))
             .map_err(|e| format!("ternary weight {}: {e}", names.join(" + ")))
     }
 

@@ -140,20 +140,25 @@ void ntk_gemv_i2p_i8_faulty(const ntk_weights *w, const ntk_acts *a, size_t row_
  * stream, read tile by tile (8 rows) and, inside a tile, group by group across the rows; the
  * hardware prefetchers follow that pattern poorly on weights that are not in cache (one token's
  * GEMVs read the whole model, tens of MB). While tile t runs its group g, this fetches the group's
- * share (8 * 32 bytes) of the bytes NTK_PREFETCH_BYTES ahead of the tile, and the matching
+ * share (8 * 32 bytes) of the bytes a distance ahead of the tile (4 KB), and the matching
  * scales (a tile's scales take stride bytes, an eighth of its codes), so by the end of the tile
  * the stream is fetched that far ahead. A prefetch never faults, past the end included; the
  * addresses are formed as integers so no pointer leaves its array. Measured on the model's shapes
- * (gemv-bench --cold): 2x the GEMV's GOPS at 1 thread. */
-#define NTK_PREFETCH_BYTES 4096
+ * (gemv-bench --cold): 2x the GEMV's GOPS at 1 thread. Defined for a distance and a cache level. */
+#define NTK_DEFINE_PREFETCH(NAME, DISTANCE, HINT)                                                  \
+    static inline void NAME(const uint8_t *tile_codes, const float *tile_scales, size_t g) {       \
+        uintptr_t codes = (uintptr_t)tile_codes + (DISTANCE) + g * NTK_TILE * NTK_GROUP_BYTES;     \
+        for (int line = 0; line < NTK_TILE * NTK_GROUP_BYTES; line += 64)                          \
+            _mm_prefetch((const char *)(codes + line), HINT);                                      \
+        uintptr_t scales = (uintptr_t)tile_scales + (DISTANCE) / 8 + g * NTK_TILE * sizeof(float); \
+        _mm_prefetch((const char *)scales, HINT);                                                  \
+    }
 
-static inline void prefetch_ahead(const uint8_t *tile_codes, const float *tile_scales, size_t g) {
-    uintptr_t codes = (uintptr_t)tile_codes + NTK_PREFETCH_BYTES + g * NTK_TILE * NTK_GROUP_BYTES;
-    for (int line = 0; line < NTK_TILE * NTK_GROUP_BYTES; line += 64)
-        _mm_prefetch((const char *)(codes + line), _MM_HINT_T0);
-    uintptr_t scales = (uintptr_t)tile_scales + NTK_PREFETCH_BYTES / 8 + g * NTK_TILE * sizeof(float);
-    _mm_prefetch((const char *)scales, _MM_HINT_T0);
-}
+NTK_DEFINE_PREFETCH(prefetch_ahead, 4096, _MM_HINT_T0)
+/* The VNNI kernel reads two tiles at once, each group after group: into L2 only and twice as far
+ * ahead it streams from memory faster (gemv-bench --cold, one vector, 4096x768 and 32768x768:
+ * 86-124 GOPS into L1 at 4 KB, 145-175 into L2 at 8 KB; the row kernels lose with it). */
+NTK_DEFINE_PREFETCH(prefetch_ahead_l2, 8192, _MM_HINT_T1)
 
 /* ------------------------------------------------------------------------------------------------
  * AVX2 + FMA: tiles of 8 rows, one group at a time, 8 rows' group sums reduced into one vector so
@@ -404,18 +409,7 @@ NTK_AVX512BW static inline __m512i pair_sum_bw(__m512i c0, __m512i c1, __m512i c
     return _mm512_madd_epi16(s, _mm512_set1_epi16(1));
 }
 
-/* sum(c * x) as 16 int32 per register with vpdpbusd. */
-NTK_AVX512VNNI static inline __m512i pair_sum_vnni(__m512i c0, __m512i c1, __m512i c2,
-                                                   __m512i c3, __m512i x0, __m512i x1, __m512i x2,
-                                                   __m512i x3) {
-    __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c0, x0);
-    s = _mm512_dpbusd_epi32(s, c1, x1);
-    s = _mm512_dpbusd_epi32(s, c2, x2);
-    return _mm512_dpbusd_epi32(s, c3, x3);
-}
-
 NTK_DEFINE_GEMV_AVX512(ntk_gemv_i2p_i8_avx512bw, NTK_AVX512BW, pair_sum_bw)
-NTK_DEFINE_GEMV_AVX512(ntk_gemv_i2p_i8_avx512vnni, NTK_AVX512VNNI, pair_sum_vnni)
 
 /* GEMM: per tile and group, the four row pairs' c vectors are decoded once (16 registers) and
  * reused for every activation vector, whose sums are those of the GEMV above (same reduction, same
@@ -463,20 +457,26 @@ NTK_DEFINE_GEMV_AVX512(ntk_gemv_i2p_i8_avx512vnni, NTK_AVX512VNNI, pair_sum_vnni
     }
 
 NTK_DEFINE_GEMM_AVX512(ntk_gemm_i2p_i8_avx512bw, NTK_AVX512BW, pair_sum_bw)
-NTK_DEFINE_GEMM_AVX512(gemm_pairs_avx512vnni, static NTK_AVX512VNNI, pair_sum_vnni)
 
 /* ------------------------------------------------------------------------------------------------
- * VNNI GEMM for whole chunks of NTK_VNNI_CHUNK vectors: no horizontal sums. Per group, the codes of
- * 16 rows (two tiles) are transposed in registers so that 32-bit lane i of t[j] holds bytes
- * 4j..4j+3 of row i's 32 code bytes; decoded, lane i of c_k then holds c = w + 1 of weights
- * 32k + 4j .. 32k + 4j + 3 of row i, and one vpdpbusd with those four activations broadcast adds
- * row i's four products into lane i. After the 32 (j, k) steps each lane holds its row's exact
- * group sum c·x, so the FMA chain per row and vector is the GEMV's, bit for bit. The transpose and
- * the decoding are done once per group for the whole chunk; each activation vector costs 32
- * vpdpbusd per group of 16 rows instead of 32 plus the row reductions of the pair layout.
+ * VNNI GEMV and GEMM, on the interleaved code layout (docs/formats.md): inside a tile, group after
+ * group, and in a group the 4-byte word j of the tile's 8 rows together. One 256-bit load of each
+ * of two tiles gives t_j, whose 32-bit lane i holds bytes 4j..4j+3 of row i's 32 code bytes (rows
+ * 0-7 from the first tile, 8-15 from the second); decoded, lane i of c_k holds c = w + 1 of
+ * weights 32k + 4j .. 32k + 4j + 3 of row i, and one vpdpbusd with those four activations
+ * broadcast adds row i's four products into lane i. After the 32 (j, k) steps each lane holds its
+ * row's exact group sum c·x, then the FMA chain per row and vector runs in group order, as the
+ * reference. No horizontal sums and no transpose; the decoding is done once per group for up to
+ * NTK_VNNI_CHUNK vectors.
  */
 
 #define NTK_VNNI_CHUNK 8
+/* Loops over vectors and chains unroll completely, so their sums stay in registers (GCC left the
+ * loop over the vectors rolled, with every sum reloaded from the stack). */
+#define NTK_UNROLL _Pragma("GCC unroll 8")
+/* Bytes of one group of a tile (8 rows x 32), and of one word of a tile (8 rows x 4). */
+#define NTK_TILE_GROUP_BYTES (NTK_TILE * NTK_GROUP_BYTES)
+#define NTK_TILE_WORD_BYTES (NTK_TILE * 4)
 
 /* acc += c · (the four bytes at ptr, broadcast), with the broadcast folded into the instruction
  * (GCC keeps a separate vpbroadcastd for the intrinsics, one more instruction per vpdpbusd). */
@@ -486,113 +486,101 @@ typedef int32_t __attribute__((may_alias, aligned(1))) ntk_unaligned_i32;
             : "+v"(acc)                                                                            \
             : "v"(c), "m"(*(const ntk_unaligned_i32 *)(ptr)))
 
-/* Codes of a row that is not there (the second tile of a block past the last tile): code 00,
- * weight 0, with scale 0. */
-static const uint8_t NTK_ABSENT_CODES[NTK_GROUP_BYTES] __attribute__((aligned(32))) = {0};
+/* Codes of a tile that is not there (the second of a block past the last tile), read with steps
+ * of 0: code 00, weight 0, with scale 0. */
+static const uint8_t NTK_ABSENT_CODES[NTK_TILE_WORD_BYTES] __attribute__((aligned(32))) = {0};
 static const float NTK_ABSENT_SCALES[NTK_TILE] __attribute__((aligned(32))) = {0};
 
-/* t[j] lane i = dword j of r[i % 8]'s 256-bit half i / 8: the 8x8 dword transpose of each half
- * (unpack 32, unpack 64, then a two-source qword permute across the 128-bit lanes). */
-NTK_AVX512VNNI static inline void transpose_halves_8x8(const __m512i r[8], __m512i t[8]) {
-    __m512i a[8], b[8];
-    for (int p = 0; p < 4; p++) {
-        a[2 * p] = _mm512_unpacklo_epi32(r[2 * p], r[2 * p + 1]);
-        a[2 * p + 1] = _mm512_unpackhi_epi32(r[2 * p], r[2 * p + 1]);
-    }
-    /* b[0]: dword 0 of rows 0-3 | dword 4; b[1]: 1 | 5; b[2]: 2 | 6; b[3]: 3 | 7; b[4..8] rows 4-7. */
-    for (int p = 0; p < 2; p++) {
-        b[4 * p + 0] = _mm512_unpacklo_epi64(a[4 * p], a[4 * p + 2]);
-        b[4 * p + 1] = _mm512_unpackhi_epi64(a[4 * p], a[4 * p + 2]);
-        b[4 * p + 2] = _mm512_unpacklo_epi64(a[4 * p + 1], a[4 * p + 3]);
-        b[4 * p + 3] = _mm512_unpackhi_epi64(a[4 * p + 1], a[4 * p + 3]);
-    }
-    const __m512i low_lanes = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13);
-    const __m512i high_lanes = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
-    for (int j = 0; j < 4; j++) {
-        t[j] = _mm512_permutex2var_epi64(b[j], low_lanes, b[j + 4]);
-        t[j + 4] = _mm512_permutex2var_epi64(b[j], high_lanes, b[j + 4]);
-    }
-}
-
-/* Rows [row, row + count) (row a multiple of 8, count <= 16) for vectors [v0, v0 + 8). */
-NTK_AVX512VNNI static void gemm_block_vnni(const ntk_weights *w, const ntk_acts *a, size_t row,
-                                           size_t count, size_t v0, float *y, size_t y_stride) {
+/* Rows [row, row + count) (row a multiple of 8, count <= 16) for the n vectors [v0, v0 + n),
+ * n <= NTK_VNNI_CHUNK. Every call passes a constant n, and GCC compiles a copy for each, so every
+ * loop over the vectors unrolls; not always_inline, which made GCC 12 drop the prefetches. Each
+ * vector's sums run in several dependency chains, which hide vpdpbusd's latency: one per k
+ * (four) for one or two vectors, even and odd k (two) for more. */
+NTK_AVX512VNNI static void gemm_block_vnni(
+    const ntk_weights *w, const ntk_acts *a, size_t row, size_t count, size_t v0, const int n,
+    float *y, size_t y_stride) {
     const __m512i lut_lo = _mm512_broadcast_i32x4(_mm_setr_epi8(NTK_C_LO));
     const __m512i lut_hi = _mm512_broadcast_i32x4(_mm_setr_epi8(NTK_C_HI));
     const __m512i nibble = _mm512_set1_epi8(0x0F);
-    const size_t stride = w->code_row_stride;
+    const int chains = n <= 2 ? 4 : 2;
     const int has_second = count > NTK_TILE;
-    const uint8_t *codes_a = w->codes + row * stride;
+    const uint8_t *codes_a = w->codes + row * w->code_row_stride;
     const float *scales_a = w->scales + (row / NTK_TILE) * w->scale_tile_stride;
-    /* The second tile, or one absent row repeated (row step 0, group step 0). */
-    const uint8_t *codes_b = has_second ? codes_a + NTK_TILE * stride : NTK_ABSENT_CODES;
-    const size_t row_step_b = has_second ? stride : 0, group_step_b = has_second ? NTK_GROUP_BYTES : 0;
+    const uint8_t *codes_b = has_second ? codes_a + NTK_TILE * w->code_row_stride : NTK_ABSENT_CODES;
+    const size_t word_step_b = has_second ? NTK_TILE_WORD_BYTES : 0;
+    const size_t group_step_b = has_second ? NTK_TILE_GROUP_BYTES : 0;
     const float *scales_b = has_second ? scales_a + w->scale_tile_stride : NTK_ABSENT_SCALES;
     const size_t scale_step_b = has_second ? NTK_TILE : 0;
     __m512 acc[NTK_VNNI_CHUNK];
-    for (int b = 0; b < NTK_VNNI_CHUNK; b++) acc[b] = _mm512_setzero_ps();
+    NTK_UNROLL for (int b = 0; b < n; b++) acc[b] = _mm512_setzero_ps();
     for (size_t g = 0; g < w->groups; g++) {
-        prefetch_ahead(codes_a, scales_a, g);
-        if (has_second) prefetch_ahead(codes_b, scales_b, g);
-        __m512i r[8], t[8];
-        for (int p = 0; p < 8; p++) {
-            __m256i low = _mm256_load_si256((const __m256i *)(codes_a + p * stride + g * NTK_GROUP_BYTES));
-            __m256i high = _mm256_load_si256(
-                (const __m256i *)(codes_b + p * row_step_b + g * group_step_b));
-            r[p] = _mm512_inserti64x4(_mm512_castsi256_si512(low), high, 1);
-        }
-        transpose_halves_8x8(r, t);
-        /* Two sets of sums (even and odd k): 8 dependency chains leave vpdpbusd's 4-cycle
-         * latency exposed at 2 per cycle, 16 do not. */
-        __m512i even[NTK_VNNI_CHUNK], odd[NTK_VNNI_CHUNK];
-        for (int b = 0; b < NTK_VNNI_CHUNK; b++) even[b] = odd[b] = _mm512_setzero_si512();
+        prefetch_ahead_l2(codes_a, scales_a, g);
+        if (has_second) prefetch_ahead_l2(codes_b, scales_b, g);
+        const uint8_t *group_a = codes_a + g * NTK_TILE_GROUP_BYTES;
+        const uint8_t *group_b = codes_b + g * group_step_b;
+        __m512i sums[4][NTK_VNNI_CHUNK];
+        NTK_UNROLL for (int k = 0; k < chains; k++)
+            NTK_UNROLL for (int b = 0; b < n; b++) sums[k][b] = _mm512_setzero_si512();
         for (int j = 0; j < 8; j++) {
-            __m512i lo = _mm512_and_si512(t[j], nibble);
-            __m512i hi = _mm512_and_si512(_mm512_srli_epi16(t[j], 4), nibble);
+            __m512i t = _mm512_inserti64x4(
+                _mm512_castsi256_si512(_mm256_load_si256((const __m256i *)(group_a + j * NTK_TILE_WORD_BYTES))),
+                _mm256_load_si256((const __m256i *)(group_b + j * word_step_b)), 1);
+            __m512i lo = _mm512_and_si512(t, nibble);
+            __m512i hi = _mm512_and_si512(_mm512_srli_epi16(t, 4), nibble);
             __m512i c[4] = {_mm512_shuffle_epi8(lut_lo, lo), _mm512_shuffle_epi8(lut_hi, lo),
                             _mm512_shuffle_epi8(lut_lo, hi), _mm512_shuffle_epi8(lut_hi, hi)};
-            for (int k = 0; k < 4; k += 2) {
-                for (int b = 0; b < NTK_VNNI_CHUNK; b++) {
+            NTK_UNROLL for (int k = 0; k < 4; k++) {
+                NTK_UNROLL for (int b = 0; b < n; b++) {
                     const int8_t *x = a->x + (v0 + b) * a->x_stride + g * NTK_GROUP + 32 * k + 4 * j;
-                    NTK_DPBUSD_BROADCAST(even[b], c[k], x);
-                    NTK_DPBUSD_BROADCAST(odd[b], c[k + 1], x + 32);
+                    NTK_DPBUSD_BROADCAST(sums[k % chains][b], c[k], x);
                 }
             }
         }
         __m512 group_scales = _mm512_castpd_ps(_mm512_insertf64x4(
             _mm512_castpd256_pd512(_mm256_castps_pd(_mm256_load_ps(scales_a + g * NTK_TILE))),
             _mm256_castps_pd(_mm256_load_ps(scales_b + g * scale_step_b)), 1));
-        for (int b = 0; b < NTK_VNNI_CHUNK; b++) {
-            __m512i dots = _mm512_sub_epi32(_mm512_add_epi32(even[b], odd[b]),
-                                            _mm512_set1_epi32(a->x_sums[(v0 + b) * w->groups + g]));
+        NTK_UNROLL for (int b = 0; b < n; b++) {
+            __m512i total = _mm512_add_epi32(sums[0][b], sums[1][b]);
+            if (chains == 4)
+                total = _mm512_add_epi32(total, _mm512_add_epi32(sums[2][b], sums[3][b]));
+            __m512i dots =
+                _mm512_sub_epi32(total, _mm512_set1_epi32(a->x_sums[(v0 + b) * w->groups + g]));
             acc[b] = _mm512_fmadd_ps(group_scales, _mm512_cvtepi32_ps(dots), acc[b]);
         }
     }
     /* Lanes past count are rows that are not there: not stored. */
     const __mmask16 present = (__mmask16)((1u << count) - 1);
-    for (int b = 0; b < NTK_VNNI_CHUNK; b++)
+    NTK_UNROLL for (int b = 0; b < n; b++)
         _mm512_mask_storeu_ps(y + (v0 + b) * y_stride, present,
                               _mm512_mul_ps(acc[b], _mm512_set1_ps(a->act_scales[v0 + b])));
+}
+
+/* Rows [row_begin, row_begin + row_count), two tiles at a time, for the n vectors from v0. */
+NTK_AVX512VNNI static inline __attribute__((always_inline)) void gemm_rows_vnni(
+    const ntk_weights *w, const ntk_acts *a, size_t row_begin, size_t row_count, size_t v0,
+    const int n, float *y, size_t y_stride) {
+    for (size_t i = 0; i < row_count; i += 2 * NTK_TILE) {
+        size_t count = row_count - i < 2 * NTK_TILE ? row_count - i : 2 * NTK_TILE;
+        gemm_block_vnni(w, a, row_begin + i, count, v0, n, y + i, y_stride);
+    }
 }
 
 NTK_AVX512VNNI void ntk_gemm_i2p_i8_avx512vnni(const ntk_weights *w, const ntk_acts *a,
                                                size_t row_begin, size_t row_count, float *y,
                                                size_t y_stride) {
-    size_t chunked = a->batch / NTK_VNNI_CHUNK * NTK_VNNI_CHUNK;
-    for (size_t v0 = 0; v0 < chunked; v0 += NTK_VNNI_CHUNK) {
-        for (size_t i = 0; i < row_count; i += 2 * NTK_TILE) {
-            size_t count = row_count - i < 2 * NTK_TILE ? row_count - i : 2 * NTK_TILE;
-            gemm_block_vnni(w, a, row_begin + i, count, v0, y + i, y_stride);
-        }
-    }
-    if (chunked < a->batch) {
-        /* The remaining vectors through the pair kernel, which needs no chunk. */
-        ntk_acts rest = *a;
-        rest.x = a->x + chunked * a->x_stride;
-        rest.x_sums = a->x_sums + chunked * w->groups;
-        rest.act_scales = a->act_scales + chunked;
-        rest.batch = a->batch - chunked;
-        gemm_pairs_avx512vnni(w, &rest, row_begin, row_count, y + chunked * y_stride, y_stride);
+    size_t v0 = 0;
+    for (; v0 + NTK_VNNI_CHUNK <= a->batch; v0 += NTK_VNNI_CHUNK)
+        gemm_rows_vnni(w, a, row_begin, row_count, v0, NTK_VNNI_CHUNK, y, y_stride);
+    /* The rest, through a copy of the block compiled for exactly that many vectors. */
+    switch (a->batch - v0) {
+    case 1: gemm_rows_vnni(w, a, row_begin, row_count, v0, 1, y, y_stride); break;
+    case 2: gemm_rows_vnni(w, a, row_begin, row_count, v0, 2, y, y_stride); break;
+    case 3: gemm_rows_vnni(w, a, row_begin, row_count, v0, 3, y, y_stride); break;
+    case 4: gemm_rows_vnni(w, a, row_begin, row_count, v0, 4, y, y_stride); break;
+    case 5: gemm_rows_vnni(w, a, row_begin, row_count, v0, 5, y, y_stride); break;
+    case 6: gemm_rows_vnni(w, a, row_begin, row_count, v0, 6, y, y_stride); break;
+    case 7: gemm_rows_vnni(w, a, row_begin, row_count, v0, 7, y, y_stride); break;
+    default: break;
     }
 }
 

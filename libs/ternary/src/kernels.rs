@@ -4,14 +4,14 @@
 //! csrc/kernels.c), portable scalar C, and the Rust reference. [`Kernel::selected`] picks the best
 //! one this CPU runs, once, unless the environment variable `NANOCHAT_KERNEL` names another
 //! (`reference`, `scalar`, `avx2`, `avx512bw`, `avx512vnni`). Every kernel gives the reference's
-//! bits (tools/verify-triangle checks it). Every SIMD kernel has a GEMV and a GEMM of its own; the
-//! AVX-512 VNNI GEMM takes whole chunks of 8 vectors through a transposed layout and the rest
-//! through the row-pair layout of its GEMV.
+//! bits (tools/verify-triangle checks it). AVX2 and AVX-512 BW have a GEMV and a GEMM each;
+//! AVX-512 VNNI has one GEMM for any number of vectors, which reads its codes in a layout of its
+//! own ([`Kernel::code_layout`]; weights are converted once, [`PlanarWeights::into_layout`]).
 //!
 //! The entry points check every length, the alignment the C code relies on, and that this CPU runs
 //! the kernel, before any foreign call. `par_*` split rows across the current rayon pool.
 
-use crate::planar::{PlanarWeights, ROW_TILE};
+use crate::planar::{CodeLayout, PlanarWeights, ROW_TILE};
 use crate::quant::{QuantizedActivations, QuantizedBatch};
 use crate::reference;
 use rayon::prelude::*;
@@ -59,6 +59,12 @@ pub enum KernelError {
     OutputLength { expected: usize, actual: usize },
     #[error("{0} buffer is not {LOAD_ALIGNMENT}-byte aligned")]
     Misaligned(&'static str),
+    #[error("kernel {kernel} reads {expected:?} codes, these weights are {found:?} (PlanarWeights::into_layout)")]
+    Layout {
+        kernel: &'static str,
+        expected: CodeLayout,
+        found: CodeLayout,
+    },
 }
 
 impl Kernel {
@@ -133,6 +139,16 @@ impl Kernel {
             Ok(kernel)
         } else {
             Err(KernelError::NotCompiled(kernel.name()))
+        }
+    }
+
+    /// The code layout the kernel reads ([`CodeLayout`]): interleaved for AVX-512 VNNI, rows for
+    /// the others; the reference reads either. Weights go to it once, with
+    /// [`PlanarWeights::into_layout`].
+    pub fn code_layout(self) -> CodeLayout {
+        match self {
+            Kernel::Avx512Vnni => CodeLayout::Interleaved,
+            _ => CodeLayout::Rows,
         }
     }
 
@@ -265,6 +281,13 @@ fn check_shapes(
             actual: y_len,
         });
     }
+    if kernel != Kernel::Reference && w.layout() != kernel.code_layout() {
+        return Err(KernelError::Layout {
+            kernel: kernel.name(),
+            expected: kernel.code_layout(),
+            found: w.layout(),
+        });
+    }
     // Shapes of the buffers against each other: guaranteed by the constructors, checked again
     // here because the C code trusts them.
     let padded = w.groups() * crate::GROUP_SIZE;
@@ -365,10 +388,6 @@ unsafe fn run_rows(
             #[cfg(target_arch = "x86_64")]
             (Kernel::Avx512Bw, 1) => {
                 ffi::ntk_gemv_i2p_i8_avx512bw(wp, ap, row_begin, row_count, y.0)
-            }
-            #[cfg(target_arch = "x86_64")]
-            (Kernel::Avx512Vnni, 1) => {
-                ffi::ntk_gemv_i2p_i8_avx512vnni(wp, ap, row_begin, row_count, y.0)
             }
             #[cfg(target_arch = "x86_64")]
             (Kernel::Avx2, _) => {
@@ -581,13 +600,6 @@ mod ffi {
             row_count: usize,
             y: *mut f32,
         );
-        pub fn ntk_gemv_i2p_i8_avx512vnni(
-            w: *const NtkWeights,
-            a: *const NtkActs,
-            row_begin: usize,
-            row_count: usize,
-            y: *mut f32,
-        );
     }
 
     pub fn has_x86_kernels() -> bool {
@@ -627,6 +639,7 @@ mod tests {
             let mut expected = vec![0f32; rows];
             reference::gemv(&w, &x, &mut expected);
             for kernel in Kernel::available() {
+                let w = w.clone().into_layout(kernel.code_layout());
                 for parallel in [false, true] {
                     let mut y = vec![f32::NAN; rows];
                     run(kernel, &w, Acts::single(&x), &mut y, parallel).unwrap();
@@ -645,14 +658,16 @@ mod tests {
         type GemmFn =
             fn(Kernel, &PlanarWeights, &QuantizedBatch, &mut [f32]) -> Result<(), KernelError>;
         // 19 rows: on one thread a block of two full tiles and one of a partial tile alone (the
-        // VNNI GEMM's 16-row blocks); split across threads, tiles one by one.
+        // VNNI GEMM's 16-row blocks); split across threads, tiles one by one. Batches: every
+        // count of vectors left after the VNNI GEMM's chunks of 8, and calls of more than 16.
         let (rows, cols) = (19, 520);
         let w = random_weights(rows, cols, 5);
-        for batch in [1, 2, 5, 8, 16, 17, 33] {
+        for batch in (1..=9).chain([15, 16, 17, 23, 33]) {
             let x = QuantizedBatch::quantize(&activations(cols, batch, batch as u64), cols);
             let mut expected = vec![0f32; rows * batch];
             reference::gemm(&w, &x, &mut expected);
             for kernel in Kernel::available() {
+                let w = w.clone().into_layout(kernel.code_layout());
                 for (split, run) in [("gemm", gemm as GemmFn), ("par_gemm", par_gemm)] {
                     let mut y = vec![f32::NAN; rows * batch];
                     run(kernel, &w, &x, &mut y).unwrap();
@@ -687,6 +702,27 @@ mod tests {
                 actual: 3
             })
         ));
+    }
+
+    #[test]
+    fn weights_in_another_layout_are_refused() {
+        let w = random_weights(8, 128, 2);
+        let x = quantize_activations(&activations(128, 1, 1));
+        let mut y = vec![0f32; 8];
+        for kernel in Kernel::available() {
+            for layout in [CodeLayout::Rows, CodeLayout::Interleaved] {
+                let w = w.clone().into_layout(layout);
+                let result = gemv(kernel, &w, &x, &mut y);
+                if kernel == Kernel::Reference || layout == kernel.code_layout() {
+                    assert!(result.is_ok(), "{kernel} {layout:?}");
+                } else {
+                    assert!(
+                        matches!(result, Err(KernelError::Layout { found, .. }) if found == layout),
+                        "{kernel} {layout:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub mod synthetic;
 pub mod trit;
 
 pub use kernels::{Kernel, KernelError};
-pub use planar::PlanarWeights;
+pub use planar::{CodeLayout, PlanarWeights};
 pub use quant::{quantize_activations, QuantizedActivations, QuantizedBatch, QuantizedRowMut};
 
 /// Weights per quantization group along the input dimension; one f32 scale per group.

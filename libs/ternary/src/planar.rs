@@ -4,12 +4,19 @@
 //! Layout (documented in docs/formats.md):
 //! - Rows are padded to a multiple of [`ROW_TILE`] (padding rows have zero codes and zero scales), so
 //!   SIMD kernels always work on whole tiles of 8 rows.
-//! - `codes`: row `r` starts at `r * code_row_stride` (`groups * 32` bytes: rows are contiguous,
+//! - `codes` in [`CodeLayout::Rows`] (how weights are built, and what every other kernel reads):
+//!   row `r` starts at `r * code_row_stride` (`groups * 32` bytes: rows are contiguous,
 //!   with no padding between them, so a tile streams as one run of memory; every group starts
 //!   32-byte aligned, all a kernel load needs); group `g` of the row takes the 32 bytes at `g * 32`. Inside a group, byte `i` holds
 //!   weights `i`, `i + 32`, `i + 64`, `i + 96` of the group at bits 0, 2, 4, 6 (BitNet codes): one
 //!   32-byte load plus a shift and masks gives four 32-lane vectors of consecutive weights. Weights
 //!   past `cols` in the last group have code 00.
+//! - [`CodeLayout::Interleaved`] (what the AVX-512 VNNI kernel reads; [`PlanarWeights::into_layout`]
+//!   converts): the same bytes in the same tiles, but each tile (`8 * code_row_stride` bytes) runs
+//!   group after group, 256 bytes a group, and inside a group the 4-byte word `j` (bytes `4j..4j+4`
+//!   of each row's 32) of the tile's 8 rows together: byte `i` of row `r`'s group `g` at tile offset
+//!   `g * 256 + (i / 4) * 32 + (r % 8) * 4 + i % 4`. One 32-byte load is then word `j` of 8 rows,
+//!   a row per 32-bit lane, which `vpdpbusd` wants, with no transpose in registers.
 //! - `scales`: one f32 per (row, group), tile-interleaved: tile `t = r / 8` starts at
 //!   `t * scale_tile_stride` (`groups * 8` floats, a multiple of 32 bytes), and inside it the scale of row
 //!   `r` for group `g` is at `g * 8 + r % 8`: one aligned 32-byte load gives group `g` of 8 rows.
@@ -47,6 +54,18 @@ pub enum PlanarError {
     },
 }
 
+/// The order of the code bytes inside each tile of 8 rows (module documentation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CodeLayout {
+    /// Row after row.
+    Rows,
+    /// Group after group, and inside a group 4-byte word after word, the 8 rows' words together.
+    Interleaved,
+}
+
+/// Bytes of one group of a whole tile's codes.
+const TILE_GROUP_BYTES: usize = ROW_TILE * GROUP_CODE_BYTES;
+
 /// Ternary weights `[rows, cols]` in planar runtime form.
 #[derive(Clone)]
 pub struct PlanarWeights {
@@ -55,6 +74,7 @@ pub struct PlanarWeights {
     groups: usize,
     code_row_stride: usize,
     scale_tile_stride: usize,
+    layout: CodeLayout,
     codes: AlignedVec<u8>,
     scales: AlignedVec<f32>,
 }
@@ -74,6 +94,23 @@ fn code_position(j: usize) -> (usize, u32) {
     let (group, offset) = (j / GROUP_SIZE, j % GROUP_SIZE);
     let byte = group * GROUP_CODE_BYTES + offset % GROUP_CODE_BYTES;
     (byte, 2 * (offset / GROUP_CODE_BYTES) as u32)
+}
+
+/// Index in a code buffer of `layout` (rows `stride` bytes apart) of byte `byte` of row `row`'s
+/// codes, `byte` counted as in the rows layout: group `byte / 32`, byte `byte % 32` of the group.
+#[inline]
+fn code_byte_index(layout: CodeLayout, stride: usize, row: usize, byte: usize) -> usize {
+    match layout {
+        CodeLayout::Rows => row * stride + byte,
+        CodeLayout::Interleaved => {
+            let (group, i) = (byte / GROUP_CODE_BYTES, byte % GROUP_CODE_BYTES);
+            (row - row % ROW_TILE) * stride
+                + group * TILE_GROUP_BYTES
+                + (i / 4) * (4 * ROW_TILE)
+                + (row % ROW_TILE) * 4
+                + i % 4
+        }
+    }
 }
 
 fn check_len(
@@ -115,6 +152,7 @@ impl PlanarWeights {
             groups,
             code_row_stride,
             scale_tile_stride,
+            layout: CodeLayout::Rows,
             codes: AlignedVec::zeroed(tiles * ROW_TILE * code_row_stride),
             scales: AlignedVec::zeroed(tiles * scale_tile_stride),
         })
@@ -147,9 +185,40 @@ impl PlanarWeights {
         Ok(())
     }
 
+    /// Index in `codes` of byte `byte` of row `row`'s codes.
+    #[inline]
+    fn code_byte_index(&self, row: usize, byte: usize) -> usize {
+        code_byte_index(self.layout, self.code_row_stride, row, byte)
+    }
+
     fn put_code(&mut self, row: usize, j: usize, code: u8) {
         let (byte, shift) = code_position(j);
-        self.codes[row * self.code_row_stride + byte] |= (code & 0b11) << shift;
+        let index = self.code_byte_index(row, byte);
+        self.codes[index] |= (code & 0b11) << shift;
+    }
+
+    /// The order of the code bytes.
+    pub fn layout(&self) -> CodeLayout {
+        self.layout
+    }
+
+    /// The same weights with their code bytes in `layout` (a permutation of the bytes; the
+    /// scales do not move).
+    pub fn into_layout(mut self, layout: CodeLayout) -> Self {
+        if layout == self.layout {
+            return self;
+        }
+        let empty = AlignedVec::zeroed(self.codes.len());
+        let source = std::mem::replace(&mut self.codes, empty);
+        let (from, stride) = (self.layout, self.code_row_stride);
+        for row in 0..self.padded_rows() {
+            for byte in 0..stride {
+                self.codes[code_byte_index(layout, stride, row, byte)] =
+                    source[code_byte_index(from, stride, row, byte)];
+            }
+        }
+        self.layout = layout;
+        self
     }
 
     /// Quantizes row-major f32 weights with the absmean group quantizer of [`quant`].
@@ -245,7 +314,8 @@ impl PlanarWeights {
         self.rows.next_multiple_of(ROW_TILE)
     }
 
-    /// Bytes from one row's codes to the next (`groups * 32`).
+    /// Bytes from one row's codes to the next in the rows layout (`groups * 32`); in both layouts
+    /// a tile's codes take `8 * code_row_stride` bytes.
     pub fn code_row_stride(&self) -> usize {
         self.code_row_stride
     }
@@ -269,7 +339,7 @@ impl PlanarWeights {
     #[inline]
     pub fn code(&self, row: usize, j: usize) -> u8 {
         let (byte, shift) = code_position(j);
-        (self.codes[row * self.code_row_stride + byte] >> shift) & 0b11
+        (self.codes[self.code_byte_index(row, byte)] >> shift) & 0b11
     }
 
     /// Scale of `group` of `row`.
@@ -367,7 +437,48 @@ mod tests {
         assert_eq!(w.to_packed().0, packed);
     }
 
+    /// The interleaved layout puts byte i of row r's group g where docs/formats.md (and the VNNI
+    /// kernel) expect it.
+    #[test]
+    fn interleaved_bytes_sit_where_the_layout_says() {
+        let (rows, cols) = (19, 300);
+        let (values, scales) = trits_and_scales(rows, cols, 5);
+        let w = PlanarWeights::from_trits(rows, cols, &values, &scales).unwrap();
+        let stride = w.code_row_stride();
+        let v = w.clone().into_layout(CodeLayout::Interleaved);
+        assert_eq!(v.layout(), CodeLayout::Interleaved);
+        assert_eq!(v.codes().len(), w.codes().len());
+        for r in 0..w.padded_rows() {
+            for g in 0..w.groups() {
+                for i in 0..GROUP_CODE_BYTES {
+                    let at = (r / 8) * 8 * stride + g * 256 + (i / 4) * 32 + (r % 8) * 4 + i % 4;
+                    assert_eq!(v.codes()[at], w.codes()[r * stride + g * 32 + i]);
+                }
+            }
+        }
+    }
+
     proptest! {
+        /// Changing the layout moves bytes only: every code, scale and the file form stay, and
+        /// going back gives the original buffer.
+        #[test]
+        fn layouts_hold_the_same_weights(
+            rows in 1usize..20, cols in 1usize..400, seed in any::<u64>()
+        ) {
+            let (values, scales) = trits_and_scales(rows, cols, seed);
+            let w = PlanarWeights::from_trits(rows, cols, &values, &scales).unwrap();
+            let v = w.clone().into_layout(CodeLayout::Interleaved);
+            for r in 0..rows {
+                for j in 0..cols {
+                    prop_assert_eq!(v.code(r, j), w.code(r, j));
+                }
+            }
+            prop_assert_eq!(v.scales(), w.scales());
+            prop_assert_eq!(v.to_packed(), w.to_packed());
+            let back = v.into_layout(CodeLayout::Rows);
+            prop_assert_eq!(back.codes(), w.codes());
+        }
+
         #[test]
         fn packed_round_trip_keeps_every_code_and_scale(
             rows in 1usize..12, cols in 1usize..300, seed in any::<u64>()

@@ -8,7 +8,9 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 use ternary::bandwidth::Probe;
 use ternary::peak;
-use ternary::{kernels, synthetic, Kernel, PlanarWeights, QuantizedBatch, GROUP_CODE_BYTES};
+use ternary::{
+    kernels, synthetic, CodeLayout, Kernel, PlanarWeights, QuantizedBatch, GROUP_CODE_BYTES,
+};
 
 /// With `--cold`, the copies of a matrix together take at least this many bytes, far beyond any
 /// last-level cache of the machines this runs on (32 MiB here).
@@ -65,6 +67,11 @@ fn cpu_name() -> String {
                 .map(|(_, name)| name.trim().to_string())
         })
         .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+/// Where `item` comes in `items` (the plan's order of shapes, batches, kernels, thread counts).
+fn position<T: PartialEq>(items: &[T], item: T) -> Option<usize> {
+    items.iter().position(|i| *i == item)
 }
 
 /// Bytes a call reads from the weights: 32 bytes of codes and one f32 scale per group of 128.
@@ -139,57 +146,73 @@ pub fn run(plan: &Plan) -> Result<Report, String> {
         } else {
             1
         };
-        let weights: Vec<PlanarWeights> = vec![w; copies];
-        for &batch in &plan.batches {
-            let x =
-                QuantizedBatch::quantize(&synthetic::uniform_values(k * batch, plan.seed + 1), k);
-            let mut y = vec![0f32; m * batch];
-            for &kernel in &plan.kernels {
-                for (&threads, pool) in plan.threads.iter().zip(&pools) {
-                    eprint!("  {kernel:>10} {m}x{k} batch {batch:>2} threads {threads}...");
-                    let mut error = None;
-                    let seconds = pool.install(|| {
-                        median_call_time(plan.repeats, plan.min_sample, |i| {
-                            let w = &weights[i % copies];
-                            let result = if threads == 1 {
-                                kernels::gemm(kernel, w, &x, &mut y)
-                            } else {
-                                kernels::par_gemm(kernel, w, &x, &mut y)
-                            };
-                            if let Err(e) = result {
-                                error.get_or_insert(e);
-                            }
-                            black_box(&y);
-                        })
-                    });
-                    if let Some(e) = error {
-                        return Err(format!("{kernel} {m}x{k}: {e}"));
-                    }
-                    let rate = bandwidth
-                        .iter()
-                        .find(|(t, _)| *t == threads)
-                        .map_or(f64::NAN, |&(_, r)| r);
-                    let ops_per_s = 2.0 * (m * k * batch) as f64 / seconds;
-                    let row = Row {
-                        kernel,
-                        shape: (m, k),
-                        threads,
-                        batch,
-                        seconds,
-                        gops: ops_per_s / 1e9,
-                        weight_bytes_per_s: bytes as f64 / seconds,
-                        bandwidth_share: bytes as f64 / seconds / rate,
-                        peak_share: peaks
+        // One set of weights at a time in each code layout the kernels read (the cold set is
+        // large); the rows are put back in the plan's order at the end.
+        let mut layouts: Vec<CodeLayout> = plan.kernels.iter().map(|k| k.code_layout()).collect();
+        layouts.dedup();
+        for layout in layouts {
+            let weights: Vec<PlanarWeights> = vec![w.clone().into_layout(layout); copies];
+            for &batch in &plan.batches {
+                let x = QuantizedBatch::quantize(
+                    &synthetic::uniform_values(k * batch, plan.seed + 1),
+                    k,
+                );
+                let mut y = vec![0f32; m * batch];
+                for &kernel in plan.kernels.iter().filter(|k| k.code_layout() == layout) {
+                    for (&threads, pool) in plan.threads.iter().zip(&pools) {
+                        eprint!("  {kernel:>10} {m}x{k} batch {batch:>2} threads {threads}...");
+                        let mut error = None;
+                        let seconds = pool.install(|| {
+                            median_call_time(plan.repeats, plan.min_sample, |i| {
+                                let w = &weights[i % copies];
+                                let result = if threads == 1 {
+                                    kernels::gemm(kernel, w, &x, &mut y)
+                                } else {
+                                    kernels::par_gemm(kernel, w, &x, &mut y)
+                                };
+                                if let Err(e) = result {
+                                    error.get_or_insert(e);
+                                }
+                                black_box(&y);
+                            })
+                        });
+                        if let Some(e) = error {
+                            return Err(format!("{kernel} {m}x{k}: {e}"));
+                        }
+                        let rate = bandwidth
                             .iter()
-                            .find(|p| p.kernel == kernel && p.threads == threads)
-                            .map(|p| ops_per_s / p.peak.ops_per_s),
-                    };
-                    eprintln!(" {:.1} GOPS", row.gops);
-                    rows.push(row);
+                            .find(|(t, _)| *t == threads)
+                            .map_or(f64::NAN, |&(_, r)| r);
+                        let ops_per_s = 2.0 * (m * k * batch) as f64 / seconds;
+                        let row = Row {
+                            kernel,
+                            shape: (m, k),
+                            threads,
+                            batch,
+                            seconds,
+                            gops: ops_per_s / 1e9,
+                            weight_bytes_per_s: bytes as f64 / seconds,
+                            bandwidth_share: bytes as f64 / seconds / rate,
+                            peak_share: peaks
+                                .iter()
+                                .find(|p| p.kernel == kernel && p.threads == threads)
+                                .map(|p| ops_per_s / p.peak.ops_per_s),
+                        };
+                        eprintln!(" {:.1} GOPS", row.gops);
+                        rows.push(row);
+                    }
                 }
             }
         }
     }
+    rows.sort_by_key(|r| {
+        (
+            position(&plan.shapes, r.shape),
+            position(&plan.batches, r.batch),
+            position(&plan.kernels, r.kernel),
+            position(&plan.threads, r.threads),
+        )
+    });
     Ok(Report {
         cpu: cpu_name(),
         cold: plan.cold,

@@ -8,6 +8,7 @@
 //! closure in the tests), the four [`Path`]s, the [`Tally`] and the failure lines.
 
 use crate::compare::{describe, first_mismatch, unwritten, Mismatch};
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::fmt;
 use ternary::{
@@ -89,10 +90,11 @@ impl Candidate for Kernel {
         x: &QuantizedActivations,
         y: &mut [f32],
     ) -> Result<(), KernelError> {
+        let w = laid_out(*self, w);
         if parallel {
-            kernels::par_gemv(*self, w, x, y)
+            kernels::par_gemv(*self, &w, x, y)
         } else {
-            kernels::gemv(*self, w, x, y)
+            kernels::gemv(*self, &w, x, y)
         }
     }
 
@@ -103,11 +105,22 @@ impl Candidate for Kernel {
         x: &QuantizedBatch,
         y: &mut [f32],
     ) -> Result<(), KernelError> {
+        let w = laid_out(*self, w);
         if parallel {
-            kernels::par_gemm(*self, w, x, y)
+            kernels::par_gemm(*self, &w, x, y)
         } else {
-            kernels::gemm(*self, w, x, y)
+            kernels::gemm(*self, &w, x, y)
         }
+    }
+}
+
+/// `w` in the code layout `kernel` reads: converted when it differs, so each kernel is checked
+/// on the weights as it runs them, conversion included, against the reference on `w` itself.
+fn laid_out(kernel: Kernel, w: &PlanarWeights) -> Cow<'_, PlanarWeights> {
+    if w.layout() == kernel.code_layout() {
+        Cow::Borrowed(w)
+    } else {
+        Cow::Owned(w.clone().into_layout(kernel.code_layout()))
     }
 }
 
