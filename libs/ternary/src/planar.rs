@@ -202,19 +202,22 @@ impl PlanarWeights {
         self.layout
     }
 
-    /// The same weights with their code bytes in `layout` (a permutation of the bytes; the
-    /// scales do not move).
+    /// The same weights with their code bytes in `layout` (a permutation of the bytes inside
+    /// each tile; the scales do not move). In place, a tile at a time, so loading a model never
+    /// holds two copies of a matrix.
     pub fn into_layout(mut self, layout: CodeLayout) -> Self {
         if layout == self.layout {
             return self;
         }
-        let empty = AlignedVec::zeroed(self.codes.len());
-        let source = std::mem::replace(&mut self.codes, empty);
         let (from, stride) = (self.layout, self.code_row_stride);
-        for row in 0..self.padded_rows() {
-            for byte in 0..stride {
-                self.codes[code_byte_index(layout, stride, row, byte)] =
-                    source[code_byte_index(from, stride, row, byte)];
+        let mut tile = vec![0u8; ROW_TILE * stride];
+        for codes in self.codes.chunks_exact_mut(ROW_TILE * stride) {
+            tile.copy_from_slice(codes);
+            for row in 0..ROW_TILE {
+                for byte in 0..stride {
+                    codes[code_byte_index(layout, stride, row, byte)] =
+                        tile[code_byte_index(from, stride, row, byte)];
+                }
             }
         }
         self.layout = layout;
