@@ -22,7 +22,7 @@ const DEFAULT_SHAPES: [&str; 5] = [
 /// memory read bandwidth (a large-buffer read; what bounds batch 1), and GOPS as a share of the
 /// kernel's arithmetic peak (the throughput of its multiply instruction, vpdpbusd or vpmaddubsw,
 /// with nothing else running; what bounds large batches). Every figure is the median of repeated
-/// runs.
+/// runs, except the peak: the best of 7 (other work on the machine only ever lowers it).
 ///
 /// Examples:
 ///   gemv-bench                                  # every kernel, the default shapes, 1 and all threads
