@@ -173,30 +173,18 @@ impl Mixing {
     /// # Panics
     /// If `c == 0`, `out.len()` is not a multiple of `c`, or `streams.len() != n·out.len()`.
     pub fn prepare_input(&self, streams: &[f32], c: usize, out: &mut [f32]) {
-        let n = self.n_streams();
-        check_shapes(n.count(), c, out.len(), streams.len());
-        let h = &self.h_pre;
-        for (row, out_row) in streams
-            .chunks_exact(n.count() * c)
-            .zip(out.chunks_exact_mut(c))
-        {
-            // One slice per stream, zipped, so the loop vectorizes along the channels (indexing
-            // the streams by a runtime count did not); the sums keep the stream order.
-            match n {
-                NStreams::Two => {
-                    let (s0, s1) = row.split_at(c);
-                    for ((o, &x0), &x1) in out_row.iter_mut().zip(s0).zip(s1) {
-                        *o = h[0] * x0 + h[1] * x1;
-                    }
-                }
-                NStreams::Four => {
-                    let (s01, s23) = row.split_at(2 * c);
-                    let ((s0, s1), (s2, s3)) = (s01.split_at(c), s23.split_at(c));
-                    for ((((o, &x0), &x1), &x2), &x3) in
-                        out_row.iter_mut().zip(s0).zip(s1).zip(s2).zip(s3)
-                    {
-                        *o = h[0] * x0 + h[1] * x1 + h[2] * x2 + h[3] * x3;
-                    }
+        let n = self.n_streams().count();
+        check_shapes(n, c, out.len(), streams.len());
+        for (row, out_row) in streams.chunks_exact(n * c).zip(out.chunks_exact_mut(c)) {
+            // A pass over the channels per stream, each a plain zip that vectorizes (indexing
+            // the streams inside one pass did not); the sums keep the stream order.
+            let (first, rest) = row.split_at(c);
+            for (o, &x) in out_row.iter_mut().zip(first) {
+                *o = self.h_pre[0] * x;
+            }
+            for (stream, &h) in rest.chunks_exact(c).zip(&self.h_pre[1..]) {
+                for (o, &x) in out_row.iter_mut().zip(stream) {
+                    *o += h * x;
                 }
             }
         }
