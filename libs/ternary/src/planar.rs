@@ -4,7 +4,8 @@
 //! Layout (documented in docs/formats.md):
 //! - Rows are padded to a multiple of [`ROW_TILE`] (padding rows have zero codes and zero scales), so
 //!   SIMD kernels always work on whole tiles of 8 rows.
-//! - `codes` in [`CodeLayout::Rows`] (how weights are built, and what every other kernel reads):
+//! - `codes` in [`CodeLayout::Rows`] (how weights are built, and what every kernel but AVX-512 VNNI
+//!   reads):
 //!   row `r` starts at `r * code_row_stride` (`groups * 32` bytes: rows are contiguous,
 //!   with no padding between them, so a tile streams as one run of memory; every group starts
 //!   32-byte aligned, all a kernel load needs); group `g` of the row takes the 32 bytes at `g * 32`. Inside a group, byte `i` holds
