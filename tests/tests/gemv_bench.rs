@@ -56,6 +56,29 @@ fn json_report_covers_every_runnable_kernel_thread_count_and_batch() {
         }
     }
     assert_eq!(results.len(), kernels.len() * 2 * 2);
+    // Rows in the plan's order, batch by batch, kernels best first, then thread counts (kernels
+    // that read another code layout run in a pass of their own, and are put back in place).
+    let order: Vec<(u64, &str, u64)> = results
+        .iter()
+        .map(|r| {
+            let number = |key: &str| r[key].as_u64().unwrap();
+            (
+                number("batch"),
+                r["kernel"].as_str().unwrap(),
+                number("threads"),
+            )
+        })
+        .collect();
+    let expected: Vec<(u64, &str, u64)> = [1, 4]
+        .into_iter()
+        .flat_map(|batch| {
+            let kernels = &kernels;
+            kernels
+                .iter()
+                .flat_map(move |k| [1, 2].map(|threads| (batch, k.name(), threads)))
+        })
+        .collect();
+    assert_eq!(order, expected);
     for kernel in kernels {
         let rows: Vec<&Value> = results
             .iter()
