@@ -104,6 +104,33 @@ fn json_report_covers_every_runnable_kernel_thread_count_and_batch() {
     }
 }
 
+/// Kernels asked for in an order that puts one code layout on both sides of another (rows, VNNI's
+/// interleaved, rows, where this CPU runs them) each give one row per shape, batch and thread
+/// count, in the order asked.
+#[test]
+fn kernels_of_mixed_layouts_run_once_each_in_the_order_asked() {
+    let asked: Vec<&str> = ["avx2", "avx512vnni", "scalar"]
+        .into_iter()
+        .filter(|name| Kernel::available().iter().any(|k| k.name() == *name))
+        .collect();
+    let mut command = gemv_bench();
+    command.args(["--shape", "16x128", "--batch", "1", "--threads", "1"]);
+    command.args(["--repeats", "1", "--min-sample-ms", "1", "--json"]);
+    for name in &asked {
+        command.args(["--kernel", name]);
+    }
+    let output = command.output().unwrap();
+    assert!(output.status.success());
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let kernels: Vec<&str> = report["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["kernel"].as_str().unwrap())
+        .collect();
+    assert_eq!(kernels, asked);
+}
+
 #[test]
 fn table_names_the_kernels_and_the_bandwidth() {
     let output = gemv_bench()

@@ -148,8 +148,12 @@ pub fn run(plan: &Plan) -> Result<Report, String> {
         };
         // One set of weights at a time in each code layout the kernels read (the cold set is
         // large); the rows are put back in the plan's order at the end.
-        let mut layouts: Vec<CodeLayout> = plan.kernels.iter().map(|k| k.code_layout()).collect();
-        layouts.dedup();
+        let mut layouts: Vec<CodeLayout> = Vec::new();
+        for layout in plan.kernels.iter().map(|k| k.code_layout()) {
+            if !layouts.contains(&layout) {
+                layouts.push(layout);
+            }
+        }
         for layout in layouts {
             let weights: Vec<PlanarWeights> = vec![w.clone().into_layout(layout); copies];
             for &batch in &plan.batches {
