@@ -60,6 +60,10 @@ impl fmt::Display for Path {
 pub trait Candidate: Sync {
     /// The name printed in the table and the failure lines.
     fn name(&self) -> &str;
+    /// `w` as this candidate runs it (a kernel's own code layout); by default `w` itself.
+    fn weights<'w>(&self, w: &'w PlanarWeights) -> Cow<'w, PlanarWeights> {
+        Cow::Borrowed(w)
+    }
     /// `y = W · x` (`kernels::gemv`, or `kernels::par_gemv` when `parallel`).
     fn gemv(
         &self,
@@ -83,6 +87,16 @@ impl Candidate for Kernel {
         Kernel::name(*self)
     }
 
+    /// `w` converted when the kernel reads another code layout: each kernel is checked on the
+    /// weights as it runs them, conversion included, against the reference on `w` itself.
+    fn weights<'w>(&self, w: &'w PlanarWeights) -> Cow<'w, PlanarWeights> {
+        if w.layout() == self.code_layout() {
+            Cow::Borrowed(w)
+        } else {
+            Cow::Owned(w.clone().into_layout(self.code_layout()))
+        }
+    }
+
     fn gemv(
         &self,
         parallel: bool,
@@ -90,11 +104,10 @@ impl Candidate for Kernel {
         x: &QuantizedActivations,
         y: &mut [f32],
     ) -> Result<(), KernelError> {
-        let w = laid_out(*self, w);
         if parallel {
-            kernels::par_gemv(*self, &w, x, y)
+            kernels::par_gemv(*self, w, x, y)
         } else {
-            kernels::gemv(*self, &w, x, y)
+            kernels::gemv(*self, w, x, y)
         }
     }
 
@@ -105,22 +118,11 @@ impl Candidate for Kernel {
         x: &QuantizedBatch,
         y: &mut [f32],
     ) -> Result<(), KernelError> {
-        let w = laid_out(*self, w);
         if parallel {
-            kernels::par_gemm(*self, &w, x, y)
+            kernels::par_gemm(*self, w, x, y)
         } else {
-            kernels::gemm(*self, &w, x, y)
+            kernels::gemm(*self, w, x, y)
         }
-    }
-}
-
-/// `w` in the code layout `kernel` reads: converted when it differs, so each kernel is checked
-/// on the weights as it runs them, conversion included, against the reference on `w` itself.
-fn laid_out(kernel: Kernel, w: &PlanarWeights) -> Cow<'_, PlanarWeights> {
-    if w.layout() == kernel.code_layout() {
-        Cow::Borrowed(w)
-    } else {
-        Cow::Owned(w.clone().into_layout(kernel.code_layout()))
     }
 }
 
@@ -555,6 +557,8 @@ pub fn verify_weights(
     );
     assert_eq!(inputs.cols(), w.cols(), "inputs and weights disagree on K");
     let rows = w.rows();
+    // Each candidate's weights, converted once for all its calls.
+    let laid_out: Vec<Cow<'_, PlanarWeights>> = candidates.iter().map(|c| c.weights(w)).collect();
     for x in inputs.vectors() {
         let mut expected = vec![0f32; rows];
         reference::gemv(w, x, &mut expected);
@@ -564,7 +568,7 @@ pub fn verify_weights(
                     break;
                 }
                 let mut y = unwritten(rows);
-                let result = candidate.gemv(path == Path::ParGemv, w, x, &mut y);
+                let result = candidate.gemv(path == Path::ParGemv, &laid_out[c], x, &mut y);
                 tally.record(c, path, w, 1, label, result, &y, &expected);
             }
         }
@@ -589,7 +593,7 @@ pub fn verify_weights(
                     break;
                 }
                 let mut y = unwritten(n * rows);
-                let result = candidate.gemm(path == Path::ParGemm, w, &x, &mut y);
+                let result = candidate.gemm(path == Path::ParGemm, &laid_out[c], &x, &mut y);
                 tally.record(c, path, w, n, label, result, &y, expected);
             }
         }
