@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use ternary::bandwidth::Probe;
 use ternary::peak;
 use ternary::{
-    kernels, synthetic, CodeLayout, Kernel, PlanarWeights, QuantizedBatch, GROUP_CODE_BYTES,
+    kernels, synthetic, CodeLayout, Kernel, KernelError, PlanarWeights, QuantizedBatch,
+    GROUP_CODE_BYTES,
 };
 
 /// With `--cold`, the copies of a matrix together take at least this many bytes, far beyond any
@@ -98,6 +99,32 @@ fn median_call_time(repeats: usize, min_sample: Duration, mut call: impl FnMut(u
     samples[samples.len() / 2]
 }
 
+/// Median seconds of one `kernel` call on `threads` threads (of the current pool) over the
+/// batch `x`, call `i` reading `weights[i % weights.len()]` (one matrix, or its cold copies).
+fn call_time(
+    plan: &Plan,
+    kernel: Kernel,
+    threads: usize,
+    weights: &[PlanarWeights],
+    x: &QuantizedBatch,
+) -> Result<f64, KernelError> {
+    let mut y = vec![0f32; weights[0].rows() * x.batch()];
+    let mut error = None;
+    let seconds = median_call_time(plan.repeats, plan.min_sample, |i| {
+        let w = &weights[i % weights.len()];
+        let result = if threads == 1 {
+            kernels::gemm(kernel, w, x, &mut y)
+        } else {
+            kernels::par_gemm(kernel, w, x, &mut y)
+        };
+        if let Err(e) = result {
+            error.get_or_insert(e);
+        }
+        black_box(&y);
+    });
+    error.map_or(Ok(seconds), Err)
+}
+
 pub fn run(plan: &Plan) -> Result<Report, String> {
     eprintln!("gemv-bench: measuring memory read bandwidth...");
     let probe = Probe::new();
@@ -154,35 +181,23 @@ pub fn run(plan: &Plan) -> Result<Report, String> {
                 layouts.push(layout);
             }
         }
+        let inputs: Vec<(usize, QuantizedBatch)> = plan
+            .batches
+            .iter()
+            .map(|&batch| {
+                let x = synthetic::uniform_values(k * batch, plan.seed + 1);
+                (batch, QuantizedBatch::quantize(&x, k))
+            })
+            .collect();
         for layout in layouts {
             let weights: Vec<PlanarWeights> = vec![w.clone().into_layout(layout); copies];
-            for &batch in &plan.batches {
-                let x = QuantizedBatch::quantize(
-                    &synthetic::uniform_values(k * batch, plan.seed + 1),
-                    k,
-                );
-                let mut y = vec![0f32; m * batch];
+            for &(batch, ref x) in &inputs {
                 for &kernel in plan.kernels.iter().filter(|k| k.code_layout() == layout) {
                     for (&threads, pool) in plan.threads.iter().zip(&pools) {
                         eprint!("  {kernel:>10} {m}x{k} batch {batch:>2} threads {threads}...");
-                        let mut error = None;
-                        let seconds = pool.install(|| {
-                            median_call_time(plan.repeats, plan.min_sample, |i| {
-                                let w = &weights[i % copies];
-                                let result = if threads == 1 {
-                                    kernels::gemm(kernel, w, &x, &mut y)
-                                } else {
-                                    kernels::par_gemm(kernel, w, &x, &mut y)
-                                };
-                                if let Err(e) = result {
-                                    error.get_or_insert(e);
-                                }
-                                black_box(&y);
-                            })
-                        });
-                        if let Some(e) = error {
-                            return Err(format!("{kernel} {m}x{k}: {e}"));
-                        }
+                        let seconds = pool
+                            .install(|| call_time(plan, kernel, threads, &weights, x))
+                            .map_err(|e| format!("{kernel} {m}x{k}: {e}"))?;
                         let rate = bandwidth
                             .iter()
                             .find(|(t, _)| *t == threads)
