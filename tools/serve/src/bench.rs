@@ -42,11 +42,10 @@ pub fn run(options: &BenchOptions) -> Result<serde_json::Value, String> {
     let rss_loaded = resident_bytes().unwrap_or(0);
     let config = model.config.clone();
     eprintln!("model: {}", config.describe());
-    let kernel_choice = model.kernel;
-    let kernel = kernel_choice.name();
+    let kernel = model.kernel;
     eprintln!("kernel: {kernel}; KV cache: {}", options.kv_precision);
 
-    let gops = with_threads(1, || kernel_gops(model.kernel, 4096, 4096, options.repeats));
+    let gops = with_threads(1, || kernel_gops(kernel, 4096, 4096, options.repeats));
     eprintln!("kernel GEMV 4096x4096, 1 thread: {gops:.1} GOPS");
 
     let mut per_threads = Vec::new();
@@ -154,7 +153,7 @@ pub fn run(options: &BenchOptions) -> Result<serde_json::Value, String> {
     );
     // Concurrent streams share each weight pass, so their products are bounded by arithmetic, not
     // memory: the kernel's multiply instruction at full speed on every thread.
-    let peak = ternary::peak::multiply_add_peak(kernel_choice, options.threads)?;
+    let peak = ternary::peak::multiply_add_peak(kernel, options.threads)?;
     let streams_ceiling = peak.map(|p| p.ops_per_s / ops_per_token);
     if let (Some(p), Some(ceiling)) = (peak, streams_ceiling) {
         eprintln!(
@@ -173,7 +172,7 @@ pub fn run(options: &BenchOptions) -> Result<serde_json::Value, String> {
     Ok(json!({
         "model": config,
         "gguf_bytes": gguf_bytes,
-        "kernel": kernel,
+        "kernel": kernel.name(),
         "kv_cache": options.kv_precision.to_string(),
         "kernel_gops_1_thread": gops,
         "per_threads": per_threads,
