@@ -344,9 +344,6 @@ impl Scheduler {
                 return;
             }
             self.step();
-            self.shared
-                .active
-                .store(self.running.len(), Ordering::SeqCst);
         }
     }
 
@@ -430,70 +427,92 @@ impl Scheduler {
             })
             .collect();
         let mut tokens = tokens.into_iter();
+        let mut endings = Vec::new();
         self.running.retain_mut(|seq| {
-            match tokens
+            let token = tokens
                 .next()
-                .expect("one sampled token or none per sequence")
-            {
-                None => true,
-                Some(token) => advance(
-                    seq,
-                    token,
-                    &self.tokenizer,
-                    self.model.config.context_length,
-                ),
+                .expect("one sampled token or none per sequence");
+            let Some(token) = token else {
+                return true; // still prefilling
+            };
+            match advance(
+                seq,
+                token,
+                &self.tokenizer,
+                self.model.config.context_length,
+            ) {
+                Advance::Continue => true,
+                Advance::End(last) => {
+                    endings.push((seq.events.clone(), last));
+                    false
+                }
             }
         });
+        // The slots are counted free before their requests hear they are over, so a client that
+        // asks /health after its answer never finds its own sequence still active.
+        self.shared
+            .active
+            .store(self.running.len(), Ordering::SeqCst);
+        for (events, last) in endings {
+            for event in last {
+                let _ = events.send(event);
+            }
+        }
     }
 }
 
-/// Takes the sampled `token` into `seq` and sends what it adds; false when the sequence is over
-/// (finished, failed, or its receiver gone).
-fn advance(seq: &mut Sequence, token: u32, tokenizer: &Tokenizer, context: usize) -> bool {
+/// What a sampled token did to its sequence.
+enum Advance {
+    /// The sequence goes on.
+    Continue,
+    /// The sequence is over (finished, failed, or its receiver gone); these are its last events,
+    /// for the caller to send once the slot is counted free.
+    End(Vec<GenerationEvent>),
+}
+
+/// Takes the sampled `token` into `seq` and sends the text it adds.
+fn advance(seq: &mut Sequence, token: u32, tokenizer: &Tokenizer, context: usize) -> Advance {
     let finish = |seq: &mut Sequence, reason: FinishReason, tail: String| {
-        if !tail.is_empty() {
-            let _ = seq.events.send(GenerationEvent::Text(tail));
-        }
-        let _ = seq.events.send(GenerationEvent::Done(Completion {
+        let done = GenerationEvent::Done(Completion {
             finish_reason: reason,
             prompt_tokens: seq.request.prompt.len(),
             completion_tokens: seq.generated.len(),
-        }));
-        false
+        });
+        let tail = (!tail.is_empty()).then_some(GenerationEvent::Text(tail));
+        Advance::End(tail.into_iter().chain([done]).collect())
     };
     let whole_text = |seq: &Sequence| seq.detokenizer.finish(tokenizer, &seq.generated);
     if tokenizer.stop_tokens().contains(&token) {
         let tail = match whole_text(seq) {
             Ok(text) => seq.text.flush(&text),
-            Err(e) => return fail(seq, e.to_string()),
+            Err(e) => return fail(e.to_string()),
         };
         return finish(seq, FinishReason::Stop, tail);
     }
     seq.generated.push(token);
     if let Err(e) = seq.detokenizer.update(tokenizer, &seq.generated) {
-        return fail(seq, e.to_string());
+        return fail(e.to_string());
     }
     match seq.text.update(seq.detokenizer.text()) {
         Delta::Stopped(before) => finish(seq, FinishReason::Stop, before),
         Delta::More(delta) => {
             if !delta.is_empty() && seq.events.send(GenerationEvent::Text(delta)).is_err() {
-                return false; // the client went away: free the slot
+                return Advance::End(Vec::new()); // the client went away: free the slot
             }
             // Prompt and completion together never exceed the context.
             let total = seq.request.prompt.len() + seq.generated.len();
             if seq.generated.len() >= seq.request.max_tokens || total >= context {
                 let tail = match whole_text(seq) {
                     Ok(text) => seq.text.flush(&text),
-                    Err(e) => return fail(seq, e.to_string()),
+                    Err(e) => return fail(e.to_string()),
                 };
                 return finish(seq, FinishReason::Length, tail);
             }
-            true
+            Advance::Continue
         }
     }
 }
 
-fn fail(seq: &Sequence, message: String) -> bool {
-    let _ = seq.events.send(GenerationEvent::Error(message));
-    false
+fn fail(message: String) -> Advance {
+    Advance::End(vec![GenerationEvent::Error(message)])
 }
