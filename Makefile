@@ -14,7 +14,7 @@
 CARGO ?= cargo
 BIN := target/release
 
-.PHONY: all build test lint fmt verify bench bench-quick bench-serve bench-train serve e2e-chat clean \
+.PHONY: all build test venv lint fmt verify bench bench-quick bench-serve bench-train serve e2e-chat clean \
 	corpus tokens train export eval report rl ablations FORCE
 
 all: report
@@ -23,10 +23,22 @@ build:
 	$(CARGO) build --release --workspace --bins
 
 # THE test command (CI runs it): formatting, lints, every unit and cross-tool test. The binaries are
-# built first: the cross-tool tests in tests/ run them from target/release.
-test: lint
+# built first: the cross-tool tests in tests/ run them from target/release. The Python the
+# interoperability tests run (the reference `gguf` package) comes from the project's own venv.
+test: lint venv
 	$(CARGO) build --release --workspace --bins
-	$(CARGO) test --release --workspace
+	NANOCHAT_PYTHON=$(abspath $(VENV_PYTHON)) $(CARGO) test --release --workspace
+
+# A project-local Python environment (git-ignored .venv/) with the pinned requirements.txt, made
+# on first use and again when requirements.txt changes; nothing is installed outside the project.
+VENV := .venv
+VENV_PYTHON := $(VENV)/bin/python
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	@python3 -m venv $(VENV) || { echo "python3 cannot make a venv: install python3's venv module (Debian: apt-get install python3-venv)"; exit 1; }
+	$(VENV_PYTHON) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
 
 lint:
 	$(CARGO) fmt --all -- --check

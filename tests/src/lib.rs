@@ -1,2 +1,21 @@
 //! Cross-tool tests live in `tests/tests/`: each runs the release binaries of tools/ on real files
-//! made in a temporary folder. This library is empty; the package exists to hold them.
+//! made in a temporary folder. This library holds what several of them share.
+
+use std::path::{Path, PathBuf};
+
+/// The Python interpreter that has the pinned packages of `requirements.txt` (the reference
+/// `gguf` package and numpy): `$NANOCHAT_PYTHON` (which `make test` sets), else the project's own
+/// `.venv/` (which `make venv` makes), else `python3` from the PATH.
+pub fn python() -> PathBuf {
+    if let Some(path) = std::env::var_os("NANOCHAT_PYTHON").filter(|p| !p.is_empty()) {
+        return PathBuf::from(path);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    if venv.exists() {
+        return venv;
+    }
+    PathBuf::from("python3")
+}
+
+/// How to get the packages `python()` needs, for failure messages.
+pub const PYTHON_SETUP: &str = "`make venv` (a project-local .venv with requirements.txt)";

@@ -2,17 +2,15 @@
 //! (and on .mhc files written by libs/mhc, `--mhc`),
 //! on malformed files and bad usage (exit 2, one line), its `--json` output, and interoperability
 //! with the reference Python package `gguf` (tests/fixtures/gguf_interop.py): it must read every
-//! file we write, and we must read what its GGUFWriter writes. That test needs `python3` with the
-//! package installed (`pip install gguf==0.19.0`) and fails, saying so, where it is missing.
+//! file we write, and we must read what its GGUFWriter writes. That test needs the package in the
+//! project's venv (`make venv`, which `make test` runs) and fails, saying so, where it is missing.
 
 use assert_cmd::Command;
+use cross_tool_tests::PYTHON_SETUP;
 use gguf::{Array, GgmlType, GgufFile, GgufWriter, Layout, Value};
 use serde_json::Value as Json;
 use std::path::{Path, PathBuf};
 use ternary::PlanarWeights;
-
-/// The pip command that installs what the interop test needs (the same in the report and CI).
-const PIP_INSTALL: &str = "pip install gguf==0.19.0";
 
 fn inspect() -> Command {
     Command::cargo_bin("gguf-inspect")
@@ -501,18 +499,23 @@ fn gguf_and_mhc_together_print_both() {
 /// Runs the interop script with python3; fails (never skips) when the package is missing.
 fn python(args: &[&str]) -> String {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/gguf_interop.py");
-    let probe = std::process::Command::new("python3")
+    let interpreter = cross_tool_tests::python();
+    let probe = std::process::Command::new(&interpreter)
         .args(["-c", "import gguf, numpy"])
         .output();
     match probe {
         Ok(out) if out.status.success() => {}
         Ok(out) => panic!(
-            "the Python package `gguf` is missing: run `{PIP_INSTALL}` (python3 said: {})",
+            "the Python package `gguf` is missing from {}: run {PYTHON_SETUP} ({})",
+            interpreter.display(),
             String::from_utf8_lossy(&out.stderr).trim()
         ),
-        Err(e) => panic!("python3 cannot be run ({e}): install python3, then `{PIP_INSTALL}`"),
+        Err(e) => panic!(
+            "{} cannot be run ({e}): install python3, then {PYTHON_SETUP}",
+            interpreter.display()
+        ),
     }
-    let out = std::process::Command::new("python3")
+    let out = std::process::Command::new(&interpreter)
         .arg(&script)
         .args(args)
         .output()
