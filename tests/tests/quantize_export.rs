@@ -56,6 +56,7 @@ fn config(mhc_streams: usize, tied_embeddings: bool) -> ModelConfig {
         mhc_streams,
         tied_embeddings,
         moe: None,
+        variant: Default::default(),
     }
 }
 
@@ -215,6 +216,7 @@ fn assert_model_is_the_checkpoint(gguf: &Path, mhc: Option<&Path>, ckpt: &Ckpt, 
             assert!(!config.tied_embeddings);
             assert_rows(w, 0, ckpt, "output.weight");
         }
+        Head::Dense(_) => panic!("a checkpoint's head is tied or ternary"),
     }
     let expected: Vec<Mixing> = source_tensors(config)
         .iter()

@@ -36,6 +36,7 @@ pub mod read;
 pub mod ternary;
 #[cfg(test)]
 mod testutil;
+pub mod tq;
 pub mod types;
 pub mod value;
 pub mod write;

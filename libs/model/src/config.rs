@@ -23,6 +23,88 @@ pub struct MoeConfig {
     pub experts_per_token: usize,
 }
 
+/// The FFN's gated activation: `act(gate) · up`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FfnActivation {
+    /// `silu(g) · up` (SwiGLU), what `train` trains.
+    #[default]
+    Swiglu,
+    /// `relu(g)² · up` (squared ReLU, gated), as BitNet b1.58 2B4T.
+    Relu2,
+}
+
+impl FfnActivation {
+    /// The name in GGUF metadata and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            FfnActivation::Swiglu => "swiglu",
+            FfnActivation::Relu2 => "relu2",
+        }
+    }
+
+    /// The activation of a name, `None` when unknown.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [FfnActivation::Swiglu, FfnActivation::Relu2]
+            .into_iter()
+            .find(|a| a.name() == name)
+    }
+}
+
+/// How many weights of a ternary matrix share one scale in the model's source. Every
+/// granularity maps exactly onto the per-group-of-128 scales of the file and the planar runtime
+/// form (a coarser scale is repeated over its groups), so every kernel runs every model; the
+/// loader checks that the scales are as uniform as the granularity says.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScaleGranularity {
+    /// One scale per group of 128 weights of a row (absmean per group: what `train` makes).
+    #[default]
+    Group128,
+    /// One scale per block of 256 weights of a row (llama.cpp's TQ1_0 / TQ2_0, an f16 scale).
+    Block256,
+    /// One scale per matrix (BitNet b1.58's absmean per tensor).
+    Tensor,
+}
+
+impl ScaleGranularity {
+    /// The name in GGUF metadata.
+    pub fn name(self) -> &'static str {
+        match self {
+            ScaleGranularity::Group128 => "group128",
+            ScaleGranularity::Block256 => "block256",
+            ScaleGranularity::Tensor => "tensor",
+        }
+    }
+
+    /// The granularity of a name, `None` when unknown.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [
+            ScaleGranularity::Group128,
+            ScaleGranularity::Block256,
+            ScaleGranularity::Tensor,
+        ]
+        .into_iter()
+        .find(|g| g.name() == name)
+    }
+}
+
+/// The architecture variants beyond the nanochat shape, for models trained elsewhere (BitNet
+/// b1.58, llama.cpp's ternary Llama models). The default is what `train` trains; files without
+/// the metadata keys of a variant are the default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Variant {
+    pub ffn_activation: FfnActivation,
+    /// BitNet's "subln": an RMSNorm (gains `blk.N.attn_sub_norm.weight`, `[C]`) on the attention
+    /// output before the output projection, and one (`blk.N.ffn_sub_norm.weight`, `[F]`) on the
+    /// gated FFN hidden before the down projection.
+    pub sub_norms: bool,
+    /// An untied full-precision LM head (`output.weight`, stored as the embedding is) instead of
+    /// a ternary one; ignored when the embeddings are tied.
+    pub dense_head: bool,
+    pub weight_scales: ScaleGranularity,
+}
+
 /// The shape of a nanochat model.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
@@ -50,6 +132,9 @@ pub struct ModelConfig {
     pub tied_embeddings: bool,
     /// Mixture-of-experts FFN, if any.
     pub moe: Option<MoeConfig>,
+    /// Architecture variants (all default for models `train` makes).
+    #[serde(default)]
+    pub variant: Variant,
 }
 
 /// Why a configuration is unusable.
@@ -81,6 +166,7 @@ impl ModelConfig {
                 mhc_streams: 2,
                 tied_embeddings: false,
                 moe: None,
+                variant: Variant::default(),
             };
         let config = match name {
             // CPU demo: ~5M parameters, trains in minutes on 2 cores.
@@ -207,10 +293,20 @@ impl ModelConfig {
                 }
             }
         }
-        if !self.tied_embeddings {
+        if self.has_ternary_head() {
             out.push(("output.weight".to_string(), self.vocab_size, c));
         }
         out
+    }
+
+    /// The LM head is a ternary matrix (neither tied to the embedding nor dense).
+    pub fn has_ternary_head(&self) -> bool {
+        !self.tied_embeddings && !self.variant.dense_head
+    }
+
+    /// The LM head is its own full-precision matrix `output.weight`, stored as the embedding.
+    pub fn has_dense_head(&self) -> bool {
+        !self.tied_embeddings && self.variant.dense_head
     }
 
     /// Every full-precision (f32) tensor except the embedding, as `(name, length)`: the norms and
@@ -220,6 +316,10 @@ impl ModelConfig {
         for layer in 0..self.n_layers {
             out.push((format!("blk.{layer}.attn_norm.weight"), self.dim));
             out.push((format!("blk.{layer}.ffn_norm.weight"), self.dim));
+            if self.variant.sub_norms {
+                out.push((format!("blk.{layer}.attn_sub_norm.weight"), self.dim));
+                out.push((format!("blk.{layer}.ffn_sub_norm.weight"), self.ffn_dim));
+            }
             if let Some(moe) = self.moe {
                 out.push((
                     format!("blk.{layer}.ffn_gate_inp.weight"),
@@ -267,9 +367,10 @@ impl ModelConfig {
         })
     }
 
-    /// Values of the token embedding table.
+    /// Values of the token embedding table, and of a dense LM head (stored alike).
     pub fn embedding_len(&self) -> usize {
-        self.vocab_size * self.dim
+        let tables = if self.has_dense_head() { 2 } else { 1 };
+        tables * self.vocab_size * self.dim
     }
 
     /// mHC-lite parameters (0 for plain residuals): two modules per block.

@@ -492,6 +492,7 @@ mod tests {
             mhc_streams: streams,
             tied_embeddings: tied,
             moe: None,
+            variant: Default::default(),
         }
     }
 

@@ -24,7 +24,9 @@ pub mod testmodel;
 pub mod tokenizer;
 mod vmath;
 
-pub use config::{ConfigError, ModelConfig, MoeConfig, PRESETS};
+pub use config::{
+    ConfigError, FfnActivation, ModelConfig, MoeConfig, ScaleGranularity, Variant, PRESETS,
+};
 pub use engine::{
     Completion, Engine, EngineOptions, EngineStats, FinishReason, GenerationEvent,
     GenerationRequest, SamplingParams, SubmitError,

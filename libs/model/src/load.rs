@@ -6,13 +6,13 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use gguf::{GgmlType, GgufFile};
-use half::f16;
+use half::{bf16, f16};
 use ternary::{Kernel, PlanarWeights};
 
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, ScaleGranularity};
 use crate::engine::{Engine, EngineOptions};
 use crate::metadata;
-use crate::model::{Block, Embedding, Head, Model};
+use crate::model::{Block, Embedding, Head, Model, SubNorms};
 use crate::tokenizer::Tokenizer;
 
 /// Largest deviation of an H_res row or column sum from 1 that loading accepts.
@@ -141,14 +141,24 @@ impl TensorReader<'_> {
                 ffn_norm: self.vector(&name("ffn_norm"), c)?,
                 gate_up: self.ternary_stack(&[(name("ffn_gate"), f), (name("ffn_up"), f)], c)?,
                 ffn_down: self.ternary_stack(&[(name("ffn_down"), c)], f)?,
+                sub_norms: match config.variant.sub_norms {
+                    true => Some(SubNorms {
+                        attn: self.vector(&name("attn_sub_norm"), c)?,
+                        ffn: self.vector(&name("ffn_sub_norm"), f)?,
+                    }),
+                    false => None,
+                },
             });
         }
         let output_norm = self.vector("output_norm.weight", c)?;
         let head = if config.tied_embeddings {
             Head::Tied
+        } else if config.variant.dense_head {
+            Head::Dense(self.table("output.weight", &config)?)
         } else {
             Head::Ternary(self.ternary_stack(&[("output.weight".into(), config.vocab_size)], c)?)
         };
+        self.check_scale_granularity(&blocks, &head, config.variant.weight_scales)?;
         Ok(Model {
             embedding,
             blocks,
@@ -168,7 +178,11 @@ impl TensorReader<'_> {
     }
 
     fn embedding(&self, config: &ModelConfig) -> Result<Embedding, String> {
-        let name = "token_embd.weight";
+        self.table("token_embd.weight", config)
+    }
+
+    /// A `[V, C]` full-precision table (the embedding or a dense head) in the type the file has.
+    fn table(&self, name: &str, config: &ModelConfig) -> Result<Embedding, String> {
         let t = self.tensor(name)?;
         let expected = [config.vocab_size as u64, config.dim as u64];
         if t.info.shape() != expected {
@@ -187,8 +201,62 @@ impl TensorReader<'_> {
                     .map(|b| f16::from_le_bytes([b[0], b[1]]))
                     .collect(),
             )),
-            other => Err(format!("tensor {name:?} is {other}, expected F32 or F16")),
+            GgmlType::Bf16 => Ok(Embedding::Bf16(
+                t.data
+                    .chunks_exact(2)
+                    .map(|b| bf16::from_le_bytes([b[0], b[1]]))
+                    .collect(),
+            )),
+            other => Err(format!(
+                "tensor {name:?} is {other}, expected F32, F16 or BF16"
+            )),
         }
+    }
+
+    /// Every ternary matrix's scales are as uniform as the model's granularity says: equal over
+    /// each block of 256 weights of a row (two groups), or over the whole matrix. Stacked
+    /// matrices (q|k|v, gate|up) are checked as the stack, so a per-tensor model whose stacked
+    /// parts differ in scale is checked per row block of equal scale instead: each row's groups.
+    fn check_scale_granularity(
+        &self,
+        blocks: &[Block],
+        head: &Head,
+        granularity: ScaleGranularity,
+    ) -> Result<(), String> {
+        let groups_per_scale = match granularity {
+            ScaleGranularity::Group128 => return Ok(()),
+            ScaleGranularity::Block256 => 2,
+            ScaleGranularity::Tensor => usize::MAX,
+        };
+        let mut matrices: Vec<(&str, &PlanarWeights)> = Vec::new();
+        for b in blocks {
+            matrices.extend([
+                ("q|k|v", &b.qkv),
+                ("attn_output", &b.attn_output),
+                ("gate|up", &b.gate_up),
+                ("ffn_down", &b.ffn_down),
+            ]);
+        }
+        if let Head::Ternary(w) = head {
+            matrices.push(("output", w));
+        }
+        for (layer_name, w) in matrices {
+            for row in 0..w.rows() {
+                for group in 0..w.groups() {
+                    let first = group - group % groups_per_scale.min(w.groups());
+                    if w.scale(row, group) != w.scale(row, first) {
+                        return Err(format!(
+                            "ternary weight {layer_name}: row {row} has scale {} in group {group} \
+                             and {} in group {first}, but the model declares one scale per {}",
+                            w.scale(row, group),
+                            w.scale(row, first),
+                            granularity.name()
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// An F32 vector of `len` values, all finite.

@@ -5,7 +5,7 @@
 
 use gguf::{Gguf, Layout, Value, WriteError};
 
-use crate::config::{ModelConfig, MoeConfig};
+use crate::config::{FfnActivation, ModelConfig, MoeConfig, ScaleGranularity, Variant};
 
 /// `general.architecture` of every nanochat file.
 pub const ARCHITECTURE: &str = "nanochat";
@@ -25,6 +25,12 @@ const STREAMS: &str = "nanochat.mhc.stream_count";
 const TIED: &str = "nanochat.tied_embeddings";
 const EXPERTS: &str = "nanochat.expert_count";
 const EXPERTS_USED: &str = "nanochat.expert_used_count";
+// The architecture variants (crate::config::Variant): written only when not the default, so a
+// file without them is what `train` makes.
+const FFN_ACTIVATION: &str = "nanochat.ffn_activation";
+const SUB_NORMS: &str = "nanochat.sub_norms";
+const DENSE_HEAD: &str = "nanochat.dense_head";
+const WEIGHT_SCALES: &str = "nanochat.weight_scale_granularity";
 
 /// Sets the architecture and every hyper-parameter of `config` in `layout`.
 pub fn write_config(layout: &mut Layout, config: &ModelConfig) -> Result<(), WriteError> {
@@ -48,7 +54,57 @@ pub fn write_config(layout: &mut Layout, config: &ModelConfig) -> Result<(), Wri
         layout.set(EXPERTS, moe.n_experts as u32)?;
         layout.set(EXPERTS_USED, moe.experts_per_token as u32)?;
     }
+    let variant = config.variant;
+    let default = Variant::default();
+    if variant.ffn_activation != default.ffn_activation {
+        layout.set(FFN_ACTIVATION, variant.ffn_activation.name())?;
+    }
+    if variant.sub_norms {
+        layout.set(SUB_NORMS, true)?;
+    }
+    if variant.dense_head {
+        layout.set(DENSE_HEAD, true)?;
+    }
+    if variant.weight_scales != default.weight_scales {
+        layout.set(WEIGHT_SCALES, variant.weight_scales.name())?;
+    }
     Ok(())
+}
+
+/// The variant keys; absent keys are the default, unknown values are named.
+fn read_variant<B: AsRef<[u8]>>(gguf: &Gguf<B>) -> Result<Variant, String> {
+    let flag = |key: &str| match gguf.get(key) {
+        None => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(format!("metadata {key} is not a bool")),
+    };
+    let name = |key: &str| match gguf.get(key) {
+        None => Ok(None),
+        Some(v) => v
+            .as_str()
+            .map(Some)
+            .ok_or_else(|| format!("metadata {key} is not a string")),
+    };
+    let ffn_activation = match name(FFN_ACTIVATION)? {
+        None => FfnActivation::default(),
+        Some(n) => FfnActivation::from_name(n).ok_or_else(|| {
+            format!("metadata {FFN_ACTIVATION} is {n:?}: this engine runs \"swiglu\" and \"relu2\"")
+        })?,
+    };
+    let weight_scales = match name(WEIGHT_SCALES)? {
+        None => ScaleGranularity::default(),
+        Some(n) => ScaleGranularity::from_name(n).ok_or_else(|| {
+            format!(
+                "metadata {WEIGHT_SCALES} is {n:?}: known are \"group128\", \"block256\" and \"tensor\""
+            )
+        })?,
+    };
+    Ok(Variant {
+        ffn_activation,
+        sub_norms: flag(SUB_NORMS)?,
+        dense_head: flag(DENSE_HEAD)?,
+        weight_scales,
+    })
 }
 
 /// Reads and validates the hyper-parameters; the error names the missing or bad key.
@@ -99,6 +155,7 @@ pub fn read_config<B: AsRef<[u8]>>(gguf: &Gguf<B>) -> Result<ModelConfig, String
         mhc_streams: int(STREAMS)?,
         tied_embeddings: tied,
         moe,
+        variant: read_variant(gguf)?,
     };
     config
         .validate()
@@ -135,6 +192,32 @@ mod tests {
             write_config(&mut layout, &config).unwrap();
             assert_eq!(read_config(&parse(&layout)).unwrap(), config, "{name}");
         }
+    }
+
+    #[test]
+    fn variants_round_trip_and_unknown_ones_are_named() {
+        let mut config = ModelConfig::preset("tiny").unwrap();
+        config.variant = Variant {
+            ffn_activation: FfnActivation::Relu2,
+            sub_norms: true,
+            dense_head: true,
+            weight_scales: ScaleGranularity::Tensor,
+        };
+        let mut layout = Layout::new();
+        write_config(&mut layout, &config).unwrap();
+        assert_eq!(read_config(&parse(&layout)).unwrap(), config);
+
+        layout.set(FFN_ACTIVATION, "gelu").unwrap();
+        let err = read_config(&parse(&layout)).unwrap_err();
+        assert!(
+            err.contains("gelu") && err.contains(FFN_ACTIVATION),
+            "{err}"
+        );
+        let mut layout = Layout::new();
+        write_config(&mut layout, &config).unwrap();
+        layout.set(WEIGHT_SCALES, "row").unwrap();
+        let err = read_config(&parse(&layout)).unwrap_err();
+        assert!(err.contains("\"row\""), "{err}");
     }
 
     #[test]

@@ -10,6 +10,10 @@
 //!   h = rmsnorm(u) · ffn_norm            g|up = BitLinear_gate_up(h)
 //!   d = BitLinear_down(silu(g) · up)     streams = mHC apply(streams, d)   (or x = x + d)
 //! ```
+//! Variants (`ModelConfig::variant`): the gated activation `relu(g)² · up` instead of SwiGLU,
+//! and "sub-layer norms" (BitNet b1.58): `o = BitLinear_o(rmsnorm(a) · attn_sub_norm)` and
+//! `d = BitLinear_down(rmsnorm(act) · ffn_sub_norm)`. The LM head may also be a dense
+//! full-precision matrix (models imported from elsewhere), applied to the unquantized `h`.
 //! then collapse (mean of the streams), rmsnorm · output_norm, and the LM head (a ternary
 //! BitLinear, or the f32 embedding when tied). BitLinear(x) = ternary GEMM of the absmax-int8
 //! quantized rows of x (libs/ternary's numerics). q, k, v share one fused weight (rows stacked in
@@ -25,14 +29,16 @@ use rayon::prelude::*;
 use ternary::{Kernel, PlanarWeights, QuantizedBatch};
 
 use crate::attention::{attend, dot, GroupView};
-use crate::config::ModelConfig;
+use crate::config::{FfnActivation, ModelConfig};
 use crate::kv::KvCache;
-use crate::vmath::swiglu_rows;
+use crate::vmath::{relu2_rows, swiglu_rows};
 
-/// The token embedding table `[V, C]`, as the file stores it.
+/// A full-precision `[V, C]` table as the file stores it: the token embedding, or a dense LM
+/// head.
 pub enum Embedding {
     F32(Vec<f32>),
     F16(Vec<f16>),
+    Bf16(Vec<half::bf16>),
 }
 
 impl Embedding {
@@ -46,6 +52,11 @@ impl Embedding {
                     *o = h.to_f32();
                 }
             }
+            Embedding::Bf16(v) => {
+                for (o, h) in out.iter_mut().zip(&v[range]) {
+                    *o = h.to_f32();
+                }
+            }
         }
     }
 
@@ -54,11 +65,12 @@ impl Embedding {
         match self {
             Embedding::F32(v) => 4 * v.len(),
             Embedding::F16(v) => 2 * v.len(),
+            Embedding::Bf16(v) => 2 * v.len(),
         }
     }
 
-    /// `logits[t] = Σ_j h_j · E[t, j]` for every token t (the tied LM head).
-    fn tied_logits(&self, h: &[f32], dim: usize, logits: &mut [f32]) {
+    /// `logits[t] = Σ_j h_j · E[t, j]` for every token t (the tied or dense LM head).
+    fn logits(&self, h: &[f32], dim: usize, logits: &mut [f32]) {
         const CHUNK: usize = 256;
         logits
             .par_chunks_mut(CHUNK)
@@ -85,6 +97,14 @@ pub struct Block {
     pub gate_up: PlanarWeights,
     /// `[C, F]`.
     pub ffn_down: PlanarWeights,
+    /// The sub-layer norms' gains (`[C]` and `[F]`), when the variant has them.
+    pub sub_norms: Option<SubNorms>,
+}
+
+/// BitNet's norms inside the sub-layers: on the attention output and on the gated FFN hidden.
+pub struct SubNorms {
+    pub attn: Vec<f32>,
+    pub ffn: Vec<f32>,
 }
 
 /// The LM head.
@@ -92,6 +112,8 @@ pub enum Head {
     Ternary(PlanarWeights),
     /// Tied to the embedding (full precision).
     Tied,
+    /// Its own full-precision `[V, C]` matrix.
+    Dense(Embedding),
 }
 
 /// A loaded model, ready to run.
@@ -259,6 +281,9 @@ impl Model {
                 }
             }
             self.attention(l, batch, &seq_of, &pos_of, &s.qkv, &mut s.attn);
+            if let Some(norms) = &block.sub_norms {
+                normalize_rows_in_place(&mut s.attn, &norms.attn, cfg.norm_eps, per_task);
+            }
             self.gemm(
                 &block.attn_output,
                 &QuantizedBatch::quantize(&s.attn, c),
@@ -268,13 +293,21 @@ impl Model {
             // Feed-forward (after the attention output is added).
             self.enter_sublayer(Some(2 * l), 2 * l + 1, &block.ffn_norm, per_task, &mut s);
             self.gemm(&block.gate_up, &s.q_dim, &mut s.gate_up);
+            let activation = cfg.variant.ffn_activation;
+            let sub_norm = block.sub_norms.as_ref().map(|n| n.ffn.as_slice());
             s.gate_up
                 .par_chunks_exact(2 * f)
                 .zip(s.act.par_chunks_exact_mut(f))
                 .zip(s.q_ffn.rows_mut())
                 .with_min_len(per_task)
                 .for_each(|((gate_up, act), slot)| {
-                    swiglu_rows(gate_up, f, act);
+                    match activation {
+                        FfnActivation::Swiglu => swiglu_rows(gate_up, f, act),
+                        FfnActivation::Relu2 => relu2_rows(gate_up, f, act),
+                    }
+                    if let Some(norm) = sub_norm {
+                        rmsnorm_in_place(act, norm, cfg.norm_eps);
+                    }
                     slot.quantize(act);
                 });
             self.gemm(&block.ffn_down, &s.q_ffn, &mut s.out);
@@ -322,7 +355,12 @@ impl Model {
                 }
                 Head::Tied => {
                     for (out, hr) in logits.chunks_exact_mut(v).zip(normed.chunks_exact(c)) {
-                        self.embedding.tied_logits(hr, c, out);
+                        self.embedding.logits(hr, c, out);
+                    }
+                }
+                Head::Dense(table) => {
+                    for (out, hr) in logits.chunks_exact_mut(v).zip(normed.chunks_exact(c)) {
+                        table.logits(hr, c, out);
                     }
                 }
             }
@@ -357,7 +395,7 @@ impl Model {
         blocks
             + match &self.head {
                 Head::Ternary(w) => bytes(w),
-                Head::Tied => 0,
+                Head::Tied | Head::Dense(_) => 0,
             }
     }
 
@@ -475,6 +513,22 @@ fn rmsnorm_rows(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
         for ((o, &v), &w) in or.iter_mut().zip(xr).zip(weight) {
             *o = v * inv * w;
         }
+    }
+}
+
+/// RMSNorm of every row of `x` (rows of `weight.len()` values) in place, rows in parallel tasks
+/// of `per_task`.
+fn normalize_rows_in_place(x: &mut [f32], weight: &[f32], eps: f32, per_task: usize) {
+    x.par_chunks_exact_mut(weight.len())
+        .with_min_len(per_task)
+        .for_each(|row| rmsnorm_in_place(row, weight, eps));
+}
+
+/// [`rmsnorm_rows`] of one row, in place: the same operations, so the same bits.
+fn rmsnorm_in_place(row: &mut [f32], weight: &[f32], eps: f32) {
+    let inv = 1.0 / (dot(row, row) / row.len() as f32 + eps).sqrt();
+    for (v, &w) in row.iter_mut().zip(weight) {
+        *v = *v * inv * w;
     }
 }
 

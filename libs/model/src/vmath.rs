@@ -29,6 +29,23 @@ pub(crate) fn swiglu_rows(gate_up: &[f32], f: usize, out: &mut [f32]) {
     }
 }
 
+/// `out[j] = relu(gate[j])² · up[j]` for each row of `gate_up` (as [`swiglu_rows`]): BitNet
+/// b1.58's gated squared ReLU. Plain code: the compiler vectorizes it.
+pub(crate) fn relu2_rows(gate_up: &[f32], f: usize, out: &mut [f32]) {
+    assert_eq!(
+        gate_up.len(),
+        2 * out.len(),
+        "gate|up rows are twice the output rows"
+    );
+    for (gu, a) in gate_up.chunks_exact(2 * f).zip(out.chunks_exact_mut(f)) {
+        let (gate, up) = gu.split_at(f);
+        for ((a, &g), &u) in a.iter_mut().zip(gate).zip(up) {
+            let r = g.max(0.0);
+            *a = r * r * u;
+        }
+    }
+}
+
 fn silu(g: f32) -> f32 {
     g / (1.0 + (-g).exp())
 }

@@ -264,7 +264,7 @@ fn size_estimates_match_the_written_files() {
             .flat_map(|b| [&b.qkv, &b.attn_output, &b.gate_up, &b.ffn_down])
             .chain(match &m.head {
                 model::model::Head::Ternary(w) => Some(w),
-                model::model::Head::Tied => None,
+                model::model::Head::Tied | model::model::Head::Dense(_) => None,
             })
             .map(|w| (w.codes().len() + 4 * w.scales().len()) as u64)
             .sum();

@@ -385,6 +385,14 @@ fn check_supported(config: &ModelConfig) -> Result<()> {
     if config.moe.is_some() {
         candle_core::bail!("training mixture-of-experts models is not supported");
     }
+    if config.variant != model::Variant::default() {
+        // The inference engine runs imported models' variants; the training graph has only
+        // SwiGLU, no sub-layer norms, a tied or ternary head and per-group scales.
+        candle_core::bail!(
+            "training the architecture variant {:?} is not supported",
+            config.variant
+        );
+    }
     Ok(())
 }
 
@@ -449,6 +457,7 @@ mod tests {
             mhc_streams: streams,
             tied_embeddings: tied,
             moe: None,
+            variant: Default::default(),
         }
     }
 
