@@ -21,6 +21,8 @@
 //!     tokenizer_json: &json,
 //!     embedding: EmbeddingType::F16,
 //!     tensors: &lookup,
+//!     ternary: None,
+//!     chat: None,
 //! };
 //! let summary = write_model("model.gguf".as_ref(), None, &input)?;
 //! println!("{:.3} bits per ternary weight", summary.bits_per_ternary_weight);
@@ -44,18 +46,22 @@ use ternary::PlanarWeights;
 use crate::config::ModelConfig;
 use crate::load::{default_mhc_path, DOUBLY_STOCHASTIC_TOLERANCE};
 use crate::metadata;
-use crate::tokenizer::Tokenizer;
+use crate::tokenizer::{ChatSpec, Tokenizer};
 
-/// Storage type of the embedding in the file.
+/// Storage type of the embedding (and of a dense LM head) in the file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EmbeddingType {
     F32,
     F16,
+    /// For models imported in BF16: the values as they are (training writes F32 or F16).
+    Bf16,
 }
 
 /// The name of the embedding tensor.
 pub const EMBEDDING: &str = "token_embd.weight";
+/// The name of a dense (full-precision) LM head.
+pub const DENSE_HEAD: &str = "output.weight";
 
 /// One input tensor: its shape (outermost first) and its values, row-major.
 #[derive(Clone, Debug, PartialEq)]
@@ -67,7 +73,7 @@ pub struct F32Tensor {
 /// What an input tensor becomes in the output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TensorRole {
-    /// `token_embd.weight`, stored as [`EmbeddingType`].
+    /// `token_embd.weight`, or a dense LM head `output.weight`, stored as [`EmbeddingType`].
     Embedding,
     /// A norm gain, stored as F32.
     Norm,
@@ -108,6 +114,13 @@ pub fn source_tensors(config: &ModelConfig) -> Vec<SourceTensor> {
             .into_iter()
             .map(|(name, rows, cols)| tensor(name, vec![rows, cols], TensorRole::Ternary)),
     );
+    if config.has_dense_head() {
+        out.push(tensor(
+            DENSE_HEAD.to_string(),
+            vec![config.vocab_size, config.dim],
+            TensorRole::Embedding,
+        ));
+    }
     if let Some(n) = config.streams() {
         for layer in 0..config.n_layers {
             for (i, sublayer) in ["attn", "ffn"].into_iter().enumerate() {
@@ -135,6 +148,11 @@ pub struct ExportInput<'a> {
     /// The tensor of a name (one of [`source_tensors`]), `None` when there is none. Called once
     /// per tensor, in [`source_tensors`] order, so a large model is never held whole in memory.
     pub tensors: &'a dyn Fn(&str) -> Option<F32Tensor>,
+    /// Ternary weights that are ternary already (imported models), written as they are; when
+    /// `None`, ternary weights come from `tensors` as f32 and are quantized.
+    pub ternary: Option<&'a dyn Fn(&str) -> Option<PlanarWeights>>,
+    /// A model's own chat settings (imported models); `None` for the native template.
+    pub chat: Option<&'a ChatSpec>,
 }
 
 /// The files written and their sizes.
@@ -226,7 +244,7 @@ pub fn write_model(
             "mixture-of-experts models are not supported".into(),
         ));
     }
-    check_tokenizer(input.tokenizer_json, config.vocab_size)?;
+    check_tokenizer(input.tokenizer_json, input.chat, config.vocab_size)?;
     let mhc_path = match (config.streams(), mhc_path) {
         (None, None) => None,
         (None, Some(path)) => {
@@ -262,6 +280,9 @@ pub fn write_model(
     layout
         .set(metadata::TOKENIZER_KEY, input.tokenizer_json)
         .map_err(layout_error)?;
+    if let Some(chat) = input.chat {
+        metadata::write_chat(&mut layout, chat).map_err(layout_error)?;
+    }
     let shape = |t: &SourceTensor| t.shape.iter().map(|&d| d as u64).collect::<Vec<_>>();
     for t in &sources {
         match t.role {
@@ -269,6 +290,7 @@ pub fn write_model(
                 let ggml_type = match input.embedding {
                     EmbeddingType::F32 => GgmlType::F32,
                     EmbeddingType::F16 => GgmlType::F16,
+                    EmbeddingType::Bf16 => GgmlType::Bf16,
                 };
                 layout.add_tensor(t.name.as_str(), ggml_type, &shape(t))
             }
@@ -289,13 +311,19 @@ pub fn write_model(
                 match input.embedding {
                     EmbeddingType::F32 => writer.write_f32(&t.name, &values),
                     EmbeddingType::F16 => writer.write_tensor(&t.name, &to_f16_bytes(t, &values)?),
+                    EmbeddingType::Bf16 => {
+                        writer.write_tensor(&t.name, &to_bf16_bytes(t, &values)?)
+                    }
                 }
             }
             TensorRole::Norm => writer.write_f32(&t.name, &fetch(input.tensors, t)?),
             TensorRole::Ternary => {
                 let (rows, cols) = (t.shape[0], t.shape[1]);
-                let weights = PlanarWeights::from_f32(rows, cols, &fetch(input.tensors, t)?)
-                    .map_err(|e| ExportError::Config(format!("tensor {:?}: {e}", t.name)))?;
+                let weights = match input.ternary {
+                    Some(ternary) => fetch_ternary(ternary, t)?,
+                    None => PlanarWeights::from_f32(rows, cols, &fetch(input.tensors, t)?)
+                        .map_err(|e| ExportError::Config(format!("tensor {:?}: {e}", t.name)))?,
+                };
                 let [codes, scales] = gguf::ternary::pair_shapes(rows, cols);
                 ternary_weights += (rows * cols) as u64;
                 ternary_bytes += codes[0] * codes[1] + 4 * scales[0] * scales[1];
@@ -343,9 +371,16 @@ pub fn write_model(
 }
 
 /// The tokenizer must load as the loader loads it, and fit the model's vocabulary.
-fn check_tokenizer(json: &str, vocab_size: usize) -> Result<(), ExportError> {
-    let tokenizer =
-        Tokenizer::from_json(json).map_err(|e| ExportError::Tokenizer(e.to_string()))?;
+fn check_tokenizer(
+    json: &str,
+    chat: Option<&ChatSpec>,
+    vocab_size: usize,
+) -> Result<(), ExportError> {
+    let tokenizer = match chat {
+        Some(chat) => Tokenizer::with_chat(json, chat.clone()),
+        None => Tokenizer::from_json(json),
+    }
+    .map_err(|e| ExportError::Tokenizer(e.to_string()))?;
     if tokenizer.vocab_size() > vocab_size {
         return Err(ExportError::Tokenizer(format!(
             "{} tokens, more than the model's vocabulary of {vocab_size}",
@@ -385,6 +420,50 @@ fn fetch(
         });
     }
     Ok(found.values)
+}
+
+/// Ternary weights that are ternary already: present, of the shape of `t`, every scale finite.
+fn fetch_ternary(
+    ternary: &dyn Fn(&str) -> Option<PlanarWeights>,
+    t: &SourceTensor,
+) -> Result<PlanarWeights, ExportError> {
+    let w = ternary(&t.name).ok_or_else(|| ExportError::Missing(t.name.clone()))?;
+    if [w.rows(), w.cols()] != t.shape[..] {
+        return Err(ExportError::Shape {
+            name: t.name.clone(),
+            found: vec![w.rows(), w.cols()],
+            expected: t.shape.clone(),
+        });
+    }
+    for row in 0..w.rows() {
+        for group in 0..w.groups() {
+            let value = w.scale(row, group);
+            if !value.is_finite() {
+                return Err(ExportError::NonFinite {
+                    name: format!("{}.scale", t.name),
+                    index: row * w.groups() + group,
+                    value,
+                });
+            }
+        }
+    }
+    Ok(w)
+}
+
+/// Little-endian BF16 bytes; the values must be BF16 values already (an import keeps them).
+fn to_bf16_bytes(t: &SourceTensor, values: &[f32]) -> Result<Vec<u8>, ExportError> {
+    let mut bytes = Vec::with_capacity(2 * values.len());
+    for (index, &value) in values.iter().enumerate() {
+        let h = half::bf16::from_f32(value);
+        if h.to_f32() != value {
+            return Err(ExportError::Config(format!(
+                "tensor {:?}: value {value} at index {index} is not a BF16 value",
+                t.name
+            )));
+        }
+        bytes.extend_from_slice(&h.to_le_bytes());
+    }
+    Ok(bytes)
 }
 
 /// Little-endian F16 bytes of the embedding; a value that would become infinite is an error.
@@ -527,6 +606,8 @@ mod tests {
             tokenizer_json: &json,
             embedding: EmbeddingType::F32,
             tensors: &lookup,
+            ternary: None,
+            chat: None,
         };
         write_model(&dir.join("m.gguf"), None, &input)
     }
@@ -645,6 +726,8 @@ mod tests {
             tokenizer_json: &json,
             embedding: EmbeddingType::F16,
             tensors: &lookup,
+            ternary: None,
+            chat: None,
         };
         let gguf = dir.path().join("m.gguf");
         let e = write_model(&gguf, None, &input).unwrap_err();

@@ -60,9 +60,12 @@ impl Model {
                 "mixture-of-experts models are not supported by this inference engine".into(),
             ));
         }
-        let tokenizer = metadata::read_tokenizer_json(&file)
-            .and_then(|json| Tokenizer::from_json(json).map_err(|e| e.to_string()))
-            .map_err(invalid)?;
+        let json = metadata::read_tokenizer_json(&file).map_err(invalid)?;
+        let tokenizer = match metadata::read_chat(&file).map_err(invalid)? {
+            Some(chat) => Tokenizer::with_chat(json, chat),
+            None => Tokenizer::from_json(json),
+        }
+        .map_err(|e| invalid(e.to_string()))?;
         if tokenizer.vocab_size() > config.vocab_size {
             return Err(invalid(format!(
                 "the tokenizer has {} tokens, more than the model's vocabulary of {}",

@@ -3,7 +3,9 @@
 //! The file's ternary tensors record only `ceil(cols / 4)` code bytes per row, so the shapes come
 //! from these hyper-parameters, and every tensor is checked against them on load.
 
-use gguf::{Gguf, Layout, Value, WriteError};
+use gguf::{Array, Gguf, Layout, Value, WriteError};
+
+use crate::tokenizer::ChatSpec;
 
 use crate::config::{FfnActivation, ModelConfig, MoeConfig, ScaleGranularity, Variant};
 
@@ -31,6 +33,63 @@ const FFN_ACTIVATION: &str = "nanochat.ffn_activation";
 const SUB_NORMS: &str = "nanochat.sub_norms";
 const DENSE_HEAD: &str = "nanochat.dense_head";
 const WEIGHT_SCALES: &str = "nanochat.weight_scale_granularity";
+
+// The chat settings of a model with its own template (crate::tokenizer::ChatSpec): the GGUF
+// standard keys, and the stop tokens (GGUF has a key per kind of end token; one list here).
+const CHAT_TEMPLATE: &str = "tokenizer.chat_template";
+const BOS_ID: &str = "tokenizer.ggml.bos_token_id";
+const ADD_BOS: &str = "tokenizer.ggml.add_bos_token";
+const EOS_ID: &str = "tokenizer.ggml.eos_token_id";
+const STOP_IDS: &str = "nanochat.stop_token_ids";
+
+/// Writes a model's own chat settings.
+pub fn write_chat(layout: &mut Layout, chat: &ChatSpec) -> Result<(), WriteError> {
+    layout.set(CHAT_TEMPLATE, chat.template.as_str())?;
+    if let Some(bos) = chat.bos {
+        layout.set(BOS_ID, bos)?;
+    }
+    layout.set(ADD_BOS, chat.add_bos)?;
+    layout.set(EOS_ID, chat.eos)?;
+    layout.set(STOP_IDS, Value::Array(Array::U32(chat.stop.clone())))?;
+    Ok(())
+}
+
+/// The chat settings, `None` for a model with the native template (no `tokenizer.chat_template`).
+pub fn read_chat<B: AsRef<[u8]>>(gguf: &Gguf<B>) -> Result<Option<ChatSpec>, String> {
+    let Some(template) = gguf.get(CHAT_TEMPLATE) else {
+        return Ok(None);
+    };
+    let template = template
+        .as_str()
+        .ok_or_else(|| format!("metadata {CHAT_TEMPLATE} is not a string"))?;
+    let id = |key: &str| -> Result<Option<u32>, String> {
+        gguf.get(key)
+            .map(|v| {
+                v.as_u64()
+                    .and_then(|v| u32::try_from(v).ok())
+                    .ok_or_else(|| format!("metadata {key} is not a token id"))
+            })
+            .transpose()
+    };
+    let eos = id(EOS_ID)?.ok_or_else(|| format!("metadata {EOS_ID} is missing"))?;
+    let stop = match gguf.get(STOP_IDS) {
+        None => vec![eos],
+        Some(Value::Array(Array::U32(ids))) => ids.clone(),
+        Some(_) => return Err(format!("metadata {STOP_IDS} is not an array of u32")),
+    };
+    let add_bos = match gguf.get(ADD_BOS) {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(format!("metadata {ADD_BOS} is not a bool")),
+    };
+    Ok(Some(ChatSpec {
+        template: template.to_string(),
+        bos: id(BOS_ID)?,
+        add_bos,
+        eos,
+        stop,
+    }))
+}
 
 /// Sets the architecture and every hyper-parameter of `config` in `layout`.
 pub fn write_config(layout: &mut Layout, config: &ModelConfig) -> Result<(), WriteError> {

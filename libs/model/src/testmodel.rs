@@ -78,6 +78,8 @@ pub fn write_random_model_with(
         tokenizer_json: &tokenizer_json,
         embedding,
         tensors: &lookup,
+        ternary: None,
+        chat: None,
     };
     let gguf_path = dir.join(format!("{stem}.gguf"));
     let mhc_path = mhc.as_ref().map(|_| dir.join(format!("{stem}.mhc")));

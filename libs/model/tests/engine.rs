@@ -66,7 +66,7 @@ fn collect(rx: Receiver<GenerationEvent>) -> (String, Completion) {
 }
 
 /// Greedy decoding by hand, straight on the model: the tokens until a stop token or `max`.
-fn greedy_by_hand(m: &Model, stop: [u32; 2], prompt: &[u32], max: usize) -> Vec<u32> {
+fn greedy_by_hand(m: &Model, stop: &[u32], prompt: &[u32], max: usize) -> Vec<u32> {
     let mut cache = KvCache::new(m.config.n_layers, m.config.kv_dim());
     let mut out = Vec::new();
     let mut next = prompt.to_vec();

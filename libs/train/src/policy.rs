@@ -118,6 +118,8 @@ impl Policy {
                 tokenizer_json: &self.tokenizer_json,
                 embedding: EmbeddingType::F32,
                 tensors: &lookup,
+                ternary: None,
+                chat: None,
             },
         )
         .map_err(|e| TrainError::Input(format!("export: {e}")))

@@ -174,7 +174,7 @@ fn answer_sequence(
     body: &str,
     weight: f32,
 ) -> Result<WeightedSequence, Failure> {
-    let prompt = tokenizer.encode(&task.prompt).map_err(failed)?;
+    let prompt = tokenizer.encode_prompt(&task.prompt).map_err(failed)?;
     let indent = "    ".repeat(task.depth().saturating_sub(1));
     let text = format!("{}\n{indent}}}\n", body.trim_end());
     let completion = tokenizer.encode(&text).map_err(failed)?;

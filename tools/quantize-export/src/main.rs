@@ -194,6 +194,8 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         tokenizer_json: &ckpt.tokenizer_json,
         embedding,
         tensors: &lookup,
+        ternary: None,
+        chat: None,
     };
     let summary = write_model(&cli.out, cli.mhc_out.as_deref(), &input)
         .map_err(|e| export_failure(&ckpt, e))?;

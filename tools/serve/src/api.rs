@@ -314,7 +314,7 @@ pub fn parse_job(
             .encode_chat(&parse_messages(f.get("messages"))?)
             .map_err(tokenizer_error)?,
         Endpoint::Text => backend
-            .encode(parse_prompt(f.get("prompt"))?)
+            .encode_prompt(parse_prompt(f.get("prompt"))?)
             .map_err(tokenizer_error)?,
     };
     let max_tokens = budget(

@@ -28,6 +28,11 @@ pub trait Backend: Send + Sync {
     fn context_length(&self) -> usize;
     /// Token ids of plain text.
     fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError>;
+    /// Token ids of a completion prompt: the text after the model's beginning-of-sequence token
+    /// where the model starts every sequence with one.
+    fn encode_prompt(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        self.encode(text)
+    }
     /// Token ids of a chat, ending where the assistant's reply starts.
     fn encode_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, TokenizerError>;
     /// Queues a request; dropping the receiver cancels it.
@@ -49,6 +54,10 @@ impl Backend for model::Engine {
 
     fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
         self.tokenizer().encode(text)
+    }
+
+    fn encode_prompt(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        self.tokenizer().encode_prompt(text)
     }
 
     fn encode_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, TokenizerError> {

@@ -537,7 +537,7 @@ fn generate(
             content: text,
         }])
     } else {
-        backend.encode(&text)
+        backend.encode_prompt(&text)
     }
     .map_err(|e| Failure::Input(format!("--prompt: {e}")))?;
     let max_tokens = api::budget(
