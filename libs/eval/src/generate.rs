@@ -68,7 +68,9 @@ impl Backend for InProcess {
         let receivers: Vec<_> = jobs
             .iter()
             .map(|job| {
-                let prompt = tokenizer.encode_prompt(&job.prompt).map_err(|e| e.to_string())?;
+                let prompt = tokenizer
+                    .encode_prompt(&job.prompt)
+                    .map_err(|e| e.to_string())?;
                 self.engine
                     .submit(GenerationRequest {
                         prompt,

@@ -137,6 +137,9 @@ pub fn source_tensors(config: &ModelConfig) -> Vec<SourceTensor> {
     out
 }
 
+/// The ternary weights of a name, when they are ternary already.
+pub type TernarySource<'a> = dyn Fn(&str) -> Option<PlanarWeights> + 'a;
+
 /// What [`write_model`] writes, all borrowed.
 pub struct ExportInput<'a> {
     pub config: &'a ModelConfig,
@@ -150,7 +153,7 @@ pub struct ExportInput<'a> {
     pub tensors: &'a dyn Fn(&str) -> Option<F32Tensor>,
     /// Ternary weights that are ternary already (imported models), written as they are; when
     /// `None`, ternary weights come from `tensors` as f32 and are quantized.
-    pub ternary: Option<&'a dyn Fn(&str) -> Option<PlanarWeights>>,
+    pub ternary: Option<&'a TernarySource<'a>>,
     /// A model's own chat settings (imported models); `None` for the native template.
     pub chat: Option<&'a ChatSpec>,
 }
@@ -424,7 +427,7 @@ fn fetch(
 
 /// Ternary weights that are ternary already: present, of the shape of `t`, every scale finite.
 fn fetch_ternary(
-    ternary: &dyn Fn(&str) -> Option<PlanarWeights>,
+    ternary: &TernarySource<'_>,
     t: &SourceTensor,
 ) -> Result<PlanarWeights, ExportError> {
     let w = ternary(&t.name).ok_or_else(|| ExportError::Missing(t.name.clone()))?;

@@ -124,7 +124,13 @@ impl Tokenizer {
             assistant: id(ASSISTANT)?,
             end,
         };
-        Ok(Self::assemble(inner, json, end_of_text, vec![end, end_of_text], chat))
+        Ok(Self::assemble(
+            inner,
+            json,
+            end_of_text,
+            vec![end, end_of_text],
+            chat,
+        ))
     }
 
     /// Loads a model's own `tokenizer.json` with its chat settings (no special tokens of the
@@ -133,7 +139,11 @@ impl Tokenizer {
         let inner = json
             .parse::<tokenizers::Tokenizer>()
             .map_err(|e| TokenizerError::Load(e.to_string()))?;
-        let text = |id: u32| inner.id_to_token(id).ok_or(TokenizerError::UnknownToken(id));
+        let text = |id: u32| {
+            inner
+                .id_to_token(id)
+                .ok_or(TokenizerError::UnknownToken(id))
+        };
         let bos_text = match spec.bos {
             Some(bos) => text(bos)?,
             None => String::new(),
@@ -472,7 +482,10 @@ mod tests {
         expected.push(3);
         expected.extend(t.encode("\n\n").unwrap());
         assert_eq!(ids, expected);
-        assert_eq!(t.encode_prompt("x").unwrap(), [1, t.encode("x").unwrap()[0]]);
+        assert_eq!(
+            t.encode_prompt("x").unwrap(),
+            [1, t.encode("x").unwrap()[0]]
+        );
 
         let broken = ChatSpec {
             template: "{% for m in messages %}".into(),

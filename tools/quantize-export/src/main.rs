@@ -1,7 +1,9 @@
-//! quantize-export: a training checkpoint folder → `model.gguf` (ternary weights) + `model.mhc`.
+//! quantize-export: a training checkpoint folder → `model.gguf` (ternary weights) + `model.mhc`;
+//! or a ternary model made elsewhere (`--hf DIR`, `--gguf FILE`: libs/import) → `model.gguf`.
 //!
 //! `quantize-export --checkpoint DIR --out model.gguf [--mhc-out model.mhc] [--embedding f32|f16]
-//! [--name NAME] [--json] [--allow-full-precision]`. Exit codes: 0 written; 1 writing the outputs
+//! [--name NAME] [--json] [--allow-full-precision]`, or `quantize-export --hf DIR | --gguf FILE
+//! --out model.gguf [--name NAME] [--json]`. Exit codes: 0 written; 1 writing the outputs
 //! failed; 2 bad usage or an inconsistent checkpoint (one line on stderr naming the file and the
 //! tensor). Outputs appear whole, as a pair, or not at all.
 //!
@@ -32,7 +34,18 @@ model.safetensors (F32 shadow weights named as in the GGUF, plus blk.N.attn_mhc 
 for 2 or 4 residual streams). Tensors named mtp.* (multi-token-prediction heads) are training-only
 and dropped; optimizer.safetensors, metrics.jsonl and loss.png are ignored.
 
-Each weight matrix is quantized per group of 128 weights along its rows (s = mean |w|,
+Importing a ternary model made elsewhere (the rest of the pipeline then runs it unchanged):
+  quantize-export --hf bitnet-b1.58-2B-4T/ --out models/bitnet-2b.gguf
+  quantize-export --gguf TriLM_3.9B.TQ2_0.gguf --out models/trilm.gguf
+--hf reads a Hugging Face folder (config.json, *.safetensors, tokenizer.json,
+tokenizer_config.json): model_type bitnet with packed 2-bit weights (BitLinear or AutoBitLinear)
+or bf16/f32 master weights (quantized with BitNet's rule, absmean per tensor), or model_type llama
+whose weights are ternary already. --gguf reads a llama.cpp file of architecture llama with TQ1_0
+or TQ2_0 matrices, every trit and block scale kept, its tokenizer.ggml.* vocabulary (gpt2 BPE)
+rebuilt into tokenizer.json. Both keep the source's chat template and BOS/EOS tokens, and its
+embedding type (F32, F16 or BF16).
+
+Each weight matrix of a checkpoint is quantized per group of 128 weights along its rows (s = mean |w|,
 q = clamp(round(w / s), -1, 1)), the quantization training's straight-through estimator applies,
 and stored as 2-bit codes plus one f32 scale per group: 2.25 bits per weight when rows are a
 multiple of 128 long.
@@ -43,12 +56,25 @@ Exit status: 0 ok, 1 writing failed, 2 bad usage or bad input (one line on stder
 /// embedding, hyper-parameters, tokenizer) and, for 2 or 4 residual streams, model.mhc.
 #[derive(Debug, Parser)]
 #[command(version, about, after_help = EXAMPLES)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["checkpoint", "hf", "gguf"])))]
 struct Cli {
     /// The checkpoint folder train wrote.
     ///
     /// Example: --checkpoint runs/tiny/checkpoint
     #[arg(long, value_name = "DIR")]
-    checkpoint: PathBuf,
+    checkpoint: Option<PathBuf>,
+
+    /// Import a Hugging Face model folder (BitNet b1.58, or a Llama with ternary weights).
+    ///
+    /// Example: --hf models/bitnet-b1.58-2B-4T
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["mhc_out", "allow_full_precision"])]
+    hf: Option<PathBuf>,
+
+    /// Import a llama.cpp GGUF file whose weight matrices are TQ1_0 or TQ2_0.
+    ///
+    /// Example: --gguf models/TriLM_99M.TQ2_0.gguf
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["mhc_out", "allow_full_precision"])]
+    gguf: Option<PathBuf>,
 
     /// The GGUF file to write (replaced if it exists).
     ///
@@ -64,10 +90,11 @@ struct Cli {
     mhc_out: Option<PathBuf>,
 
     /// Storage type of the token embedding (and of the LM head when tied): f32 keeps the trained
-    /// values exactly, f16 halves their size.
+    /// values exactly, f16 halves their size. Imports keep the source's type.
     ///
     /// Example: --embedding f16
-    #[arg(long, value_name = "TYPE", default_value = "f32", value_parser = ["f32", "f16"])]
+    #[arg(long, value_name = "TYPE", default_value = "f32", value_parser = ["f32", "f16"],
+          conflicts_with_all = ["hf", "gguf"])]
     embedding: String,
 
     /// general.name of the model (default: the file name of --out without its extension).
@@ -159,8 +186,94 @@ fn export_failure(ckpt: &Checkpoint, e: ExportError) -> Failure {
     Failure::Input(format!("{}: {e}", ckpt.path(file).display()))
 }
 
+/// The `--json` summary of an import.
+#[derive(serde::Serialize)]
+struct ImportReport<'a> {
+    source: &'a Path,
+    source_kind: &'a str,
+    config: &'a ModelConfig,
+    embedding: EmbeddingType,
+    #[serde(flatten)]
+    export: &'a ExportSummary,
+}
+
+/// `--hf` / `--gguf`: read the model, then write it as the checkpoint path does.
+fn import(cli: &Cli, source: &Path) -> Result<(), Failure> {
+    check_output(&cli.out, "--out")?;
+    let mut imported = match (&cli.hf, &cli.gguf) {
+        (Some(dir), _) => import::hf::import(dir),
+        _ => import::llamacpp::import(source),
+    }
+    .map_err(|e| match e {
+        import::ImportError::Invalid { .. }
+        | import::ImportError::Unsupported { .. }
+        | import::ImportError::Io { .. } => Failure::Input(e.to_string()),
+    })?;
+    if let Some(name) = &cli.name {
+        imported.name = name.clone();
+    }
+    let summary = imported.write(&cli.out).map_err(|e| match e {
+        ExportError::Write(_) => Failure::Job(e.to_string()),
+        _ => Failure::Input(format!("{}: {e}", source.display())),
+    })?;
+    let mut out = std::io::stdout().lock();
+    if cli.json {
+        let report = ImportReport {
+            source,
+            source_kind: &imported.source_kind,
+            config: &imported.config,
+            embedding: imported.embedding,
+            export: &summary,
+        };
+        serde_json::to_writer_pretty(&mut out, &report).map_err(std::io::Error::from)?;
+        writeln!(out)?;
+    } else {
+        let c = &imported.config;
+        writeln!(out, "{}: {}", source.display(), imported.source_kind)?;
+        writeln!(
+            out,
+            "config: dim {}, {} layers, {} heads ({} kv), ffn {} ({}{}), vocab {}, {} LM head, \
+             scales per {}",
+            c.dim,
+            c.n_layers,
+            c.n_heads,
+            c.n_kv_heads,
+            c.ffn_dim,
+            c.variant.ffn_activation.name(),
+            if c.variant.sub_norms {
+                ", sub-layer norms"
+            } else {
+                ""
+            },
+            c.vocab_size,
+            if c.tied_embeddings {
+                "tied"
+            } else if c.variant.dense_head {
+                "dense"
+            } else {
+                "ternary"
+            },
+            c.variant.weight_scales.name(),
+        )?;
+        writeln!(
+            out,
+            "wrote {}: {} bytes, {} parameters, {:.4} bits per ternary weight as stored",
+            summary.gguf_path.display(),
+            summary.gguf_bytes,
+            summary.parameters,
+            summary.bits_per_ternary_weight
+        )?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
 fn run(cli: &Cli) -> Result<(), Failure> {
-    let ckpt = Checkpoint::open(&cli.checkpoint).map_err(Failure::Input)?;
+    if let Some(source) = cli.hf.as_ref().or(cli.gguf.as_ref()) {
+        return import(cli, source);
+    }
+    let dir = cli.checkpoint.as_ref().expect("clap requires one source");
+    let ckpt = Checkpoint::open(dir).map_err(Failure::Input)?;
     if ckpt.weights == Weights::FullPrecision {
         let what = format!(
             "{}: the weights were trained in full precision (no ternary straight-through \
