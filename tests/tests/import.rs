@@ -182,6 +182,9 @@ fn llama_cpp_tq_files_import_bit_for_bit_and_run_like_the_reference() {
                 "{ggml_type}"
             );
         }
+        if ggml_type == "TQ2_0" {
+            the_tools_run_it_with_no_other_flags(&ours);
+        }
         // The file's own chat template and BOS.
         let chat = tokenizer
             .encode_chat(&[model::ChatMessage {
@@ -193,6 +196,57 @@ fn llama_cpp_tq_files_import_bit_for_bit_and_run_like_the_reference() {
         assert_eq!(chat.first(), Some(&bos));
         assert_eq!(tokenizer.encode_prompt("Hi").unwrap()[0], bos);
     }
+}
+
+/// serve (a completion and a chat), eval-compile and gguf-inspect take an imported file as it is.
+fn the_tools_run_it_with_no_other_flags(model: &Path) {
+    let model = model.to_str().unwrap();
+    for chat in [false, true] {
+        let mut serve = Command::cargo_bin("serve").unwrap();
+        serve.args([
+            "--model",
+            model,
+            "--prompt",
+            "fn main() {",
+            "--max-tokens",
+            "4",
+        ]);
+        if chat {
+            serve.arg("--chat");
+        }
+        let out = serve.assert().success().get_output().stderr.clone();
+        let stderr = String::from_utf8_lossy(&out);
+        assert!(stderr.contains("completion tokens"), "{stderr}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let summary = dir.path().join("eval.json");
+    Command::cargo_bin("eval-compile")
+        .unwrap()
+        .args([
+            "--model",
+            model,
+            "--limit",
+            "1",
+            "--max-tokens",
+            "8",
+            "--out",
+        ])
+        .arg(&summary)
+        .arg("--prompts")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/prompts/rust_tasks.jsonl"))
+        .assert()
+        .success();
+    assert_eq!(read_json(&summary)["samples"], 1, "{}", read_json(&summary));
+    let inspect = Command::cargo_bin("gguf-inspect")
+        .unwrap()
+        .args([model, "--json"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let inspect: Json = serde_json::from_slice(&inspect).unwrap();
+    assert_eq!(inspect["tensors"].as_array().unwrap().len(), 35);
 }
 
 #[test]
