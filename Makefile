@@ -14,7 +14,7 @@
 CARGO ?= cargo
 BIN := target/release
 
-.PHONY: all build test venv lint fmt verify bench bench-quick bench-serve bench-train serve e2e-chat clean \
+.PHONY: all build test venv sandbox lint fmt verify bench bench-quick bench-serve bench-train serve e2e-chat clean \
 	corpus tokens train export eval report rl ablations FORCE
 
 all: report
@@ -25,9 +25,18 @@ build:
 # THE test command (CI runs it): formatting, lints, every unit and cross-tool test. The binaries are
 # built first: the cross-tool tests in tests/ run them from target/release. The Python the
 # interoperability tests run (the reference `gguf` package) comes from the project's own venv.
-test: lint venv
+test: lint venv sandbox
 	$(CARGO) build --release --workspace --bins
-	NANOCHAT_PYTHON=$(abspath $(VENV_PYTHON)) $(CARGO) test --release --workspace
+	NANOCHAT_PYTHON=$(abspath $(VENV_PYTHON)) NANOCHAT_BWRAP=$(abspath $(BWRAP)) \
+		$(CARGO) test --release --workspace
+
+# bubblewrap, the sandbox generated code is compiled and run in (eval-compile, maxrl): Debian's
+# package unpacked into the git-ignored .tools/ (scripts/install_bwrap.sh), found there by the tools.
+BWRAP := .tools/usr/bin/bwrap
+sandbox: $(BWRAP)
+
+$(BWRAP):
+	scripts/install_bwrap.sh
 
 # A project-local Python environment (git-ignored .venv/) with the pinned requirements.txt, made
 # on first use and again when requirements.txt changes; nothing is installed outside the project.
@@ -176,10 +185,10 @@ EVAL_FLAGS := -n $(EVAL_SAMPLES) --temperature $(EVAL_TEMPERATURE) --max-tokens 
 EVAL_OUTPUTS := $(RUN)/eval.json $(if $(HUMANEVAL_RS),$(RUN)/eval-humaneval.json)
 eval: $(EVAL_OUTPUTS)
 
-$(RUN)/eval.json: $(RUN)/model.gguf $(HELDOUT_PROMPTS) | build
+$(RUN)/eval.json: $(RUN)/model.gguf $(HELDOUT_PROMPTS) | build sandbox
 	$(BIN)/eval-compile --prompts $(HELDOUT_PROMPTS) --model $< $(EVAL_FLAGS) --out $@
 
-$(RUN)/eval-humaneval.json: $(RUN)/model.gguf $(HUMANEVAL_RS) | build
+$(RUN)/eval-humaneval.json: $(RUN)/model.gguf $(HUMANEVAL_RS) | build sandbox
 	$(BIN)/eval-compile --prompts $(HUMANEVAL_RS) --model $< $(EVAL_FLAGS) --out $@
 
 # Kernel throughput of this machine: the 4096x4096 GEMV of docs/BENCHMARKS.md, batch 1.
@@ -208,7 +217,7 @@ rl: $(RUN)/rl/eval.json
 	@echo "report card: $(RUN)/report.md"
 
 $(RUN)/rl/summary.json: $(RUN)/train.done $(RL_PROMPTS) $(RL_WARMUP_PROMPTS) $(RL_WARMUP) \
-		$(HELDOUT_PROMPTS) | build
+		$(HELDOUT_PROMPTS) | build sandbox
 	$(BIN)/maxrl --checkpoint $(RUN)/ckpt --prompts $(RL_PROMPTS) --heldout $(HELDOUT_PROMPTS) \
 		--out $(RUN)/rl --iterations $(RL_ITERATIONS) --batch-prompts $(RL_BATCH_PROMPTS) \
 		--samples $(RL_SAMPLES) --estimator $(RL_ESTIMATOR) --seed 1 \
@@ -219,7 +228,7 @@ $(RUN)/rl/model.gguf: $(RUN)/rl/summary.json | build
 	$(BIN)/quantize-export --checkpoint $(RUN)/rl --out $@ --json > $(RUN)/rl/export.json.tmp
 	mv $(RUN)/rl/export.json.tmp $(RUN)/rl/export.json
 
-$(RUN)/rl/eval.json: $(RUN)/rl/model.gguf $(HELDOUT_PROMPTS) | build
+$(RUN)/rl/eval.json: $(RUN)/rl/model.gguf $(HELDOUT_PROMPTS) | build sandbox
 	$(BIN)/eval-compile --prompts $(HELDOUT_PROMPTS) --model $< $(EVAL_FLAGS) --out $@
 
 # The server on the pipeline's model (built first if need be), or on MODEL=path/to/model.gguf.

@@ -142,6 +142,9 @@ def eval_lines(title, e):
         "Verdicts: " + ", ".join(f"{k} {v}" for k, v in sorted(e["verdicts"].items(), key=lambda kv: (-kv[1], kv[0]))
                                  if v) + ".",
     ]
+    sandbox = e.get("sandbox", "not recorded (an eval.json from before the sandbox)")
+    lines.append(("**Generated code ran UNCONFINED.** " if sandbox.startswith("NONE") else "Sandbox: ")
+                 + sandbox + ".")
     if e["top_errors"]:
         lines.append("Most common compiler errors: " + ", ".join(f"`{msg}` ({n})" for msg, n in e["top_errors"][:5]) + ".")
     if e.get("mean_lines") is not None:

@@ -1,7 +1,19 @@
 //! Compiling and running generated code. Generated code is untrusted: each sample gets its own
-//! temporary folder (removed afterwards), rustc and the test binary are killed at their time
-//! limits (the whole process group), the binary runs with a memory and output-size limit, an
-//! empty environment, no stdin and, where user namespaces allow it, no network.
+//! temporary folder (removed afterwards), and both the compile step and the test run happen
+//! inside bubblewrap (`bwrap`, the sandbox Flatpak runs applications in: unprivileged user
+//! namespaces, no daemon, no setuid needed), which gives each run
+//! - a read-only view of `/usr` (and of the Rust toolchain, for rustc) and nothing else of the
+//!   system: no home folder, no `/etc` beyond what the linker needs, no `/root`, no secrets;
+//! - the sample's folder as its only writable place, a private `/tmp`, `/proc` and `/dev`;
+//! - new user, PID, network, IPC, UTS and cgroup namespaces: no network at all, and every
+//!   process of the sample ends with it (the namespace's init exits, the kernel kills the rest);
+//! - an empty environment (`PATH` only) and no controlling terminal (`--new-session`).
+//!
+//! The test binary also runs as an unprivileged user (`nobody` when the checker runs as root,
+//! since root is exempt from the process limit) under `prlimit`: a process count (fork bombs),
+//! CPU time, virtual memory, output size, no core files. Wall-time limits kill the whole process
+//! group. Where bubblewrap cannot run, nothing is run unless the caller says `no_sandbox`, and the
+//! summary then says so.
 
 use std::fs::File;
 use std::os::unix::process::CommandExt;
@@ -15,7 +27,7 @@ use crate::prompts::Task;
 /// Limits and tools of the checker.
 #[derive(Clone, Debug)]
 pub struct CheckOptions {
-    /// The compiler (`rustc` on PATH by default).
+    /// The compiler (`rustc` on PATH by default; the toolchain it belongs to is what runs).
     pub rustc: PathBuf,
     /// Each rustc run (the library check, the test build).
     pub compile_timeout: Duration,
@@ -23,6 +35,11 @@ pub struct CheckOptions {
     pub run_timeout: Duration,
     /// Virtual memory of the test binary.
     pub memory_limit_mb: u64,
+    /// bubblewrap; `None`: `$NANOCHAT_BWRAP`, else the project's own copy (`make sandbox` puts it
+    /// in `.tools/`), else `bwrap` on the PATH.
+    pub bwrap: Option<PathBuf>,
+    /// Run generated code unconfined where bubblewrap cannot run (never chosen silently).
+    pub no_sandbox: bool,
 }
 
 impl Default for CheckOptions {
@@ -32,8 +49,26 @@ impl Default for CheckOptions {
             compile_timeout: Duration::from_secs(20),
             run_timeout: Duration::from_secs(10),
             memory_limit_mb: 512,
+            bwrap: None,
+            no_sandbox: false,
         }
     }
+}
+
+/// Processes the test binary may have (its own threads included) under the unprivileged user.
+const MAX_PROCESSES: u64 = 256;
+/// The user and group test binaries run as when the checker runs as root (`nobody`).
+const UNPRIVILEGED_ID: u32 = 65534;
+/// Where a sample's folder appears inside the sandbox.
+const SANDBOX_DIR: &str = "/sample";
+
+/// How generated code is confined.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Isolation {
+    /// bubblewrap at this path (see the module docs).
+    Bubblewrap(PathBuf),
+    /// Nothing: the caller asked for it (`--no-sandbox`) where bubblewrap could not run.
+    Unconfined,
 }
 
 /// The library check.
@@ -69,8 +104,13 @@ pub struct CheckResult {
 #[derive(Clone, Debug)]
 pub struct Sandbox {
     pub options: CheckOptions,
-    /// `unshare --user --net` works here: test binaries run with no network.
-    pub network_isolated: bool,
+    pub isolation: Isolation,
+    /// The toolchain's root (`rustc --print sysroot`), bound read-only for the compile step.
+    sysroot: PathBuf,
+    /// The user the test binary runs as, when it is not the caller (`nobody` for root).
+    run_as: Option<u32>,
+    /// The process limit of the test binary: processes of its user, counted across the machine.
+    max_processes: u64,
 }
 
 enum Finished {
@@ -79,26 +119,194 @@ enum Finished {
 }
 
 impl Sandbox {
-    /// Checks that rustc runs, and whether user namespaces can take the network away.
+    /// Checks that rustc runs and that bubblewrap confines a compile and a run here; without
+    /// bubblewrap, an error naming why, unless `options.no_sandbox`.
     pub fn new(options: CheckOptions) -> Result<Self, String> {
-        let version = Command::new(&options.rustc)
-            .arg("--version")
+        let sysroot = Command::new(&options.rustc)
+            .args(["--print", "sysroot"])
             .output()
             .map_err(|e| format!("cannot run {}: {e}", options.rustc.display()))?;
-        if !version.status.success() {
-            return Err(format!("{} --version failed", options.rustc.display()));
+        if !sysroot.status.success() {
+            return Err(format!(
+                "{} --print sysroot failed",
+                options.rustc.display()
+            ));
         }
-        let network_isolated = Command::new("unshare")
-            .args(["--user", "--net", "--map-root-user", "true"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        Ok(Sandbox {
+        let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
+        let root = is_root();
+        let run_as = root.then_some(UNPRIVILEGED_ID);
+        // Root's processes are not counted against a limit; another user's are, all of them.
+        let max_processes = MAX_PROCESSES + if root { 0 } else { processes_of_this_user() };
+        let mut sandbox = Sandbox {
             options,
-            network_isolated,
-        })
+            isolation: Isolation::Unconfined,
+            sysroot,
+            run_as,
+            max_processes,
+        };
+        match sandbox.find_bubblewrap() {
+            Ok(bwrap) => sandbox.isolation = Isolation::Bubblewrap(bwrap),
+            Err(why) if sandbox.options.no_sandbox => {
+                eprintln!(
+                    "WARNING: generated code runs UNCONFINED (--no-sandbox): {why}. It can read and \
+                     write everything this user can, use the network and leave processes behind."
+                );
+            }
+            Err(why) => {
+                return Err(format!(
+                    "refusing to run generated code without a sandbox: {why}. Install \
+                     bubblewrap (`make sandbox` puts a copy in .tools/; Debian: apt-get install \
+                     bubblewrap), or pass --no-sandbox to run it unconfined"
+                ))
+            }
+        }
+        Ok(sandbox)
+    }
+
+    /// What confines generated code, in one line (for summaries and report cards).
+    pub fn isolation_summary(&self) -> String {
+        match &self.isolation {
+            Isolation::Bubblewrap(path) => format!(
+                "bubblewrap ({}): read-only /usr and toolchain, private sample folder and /tmp, \
+                 new user/PID/network namespaces, empty environment, {} processes, CPU, memory \
+                 and output limits{}",
+                path.display(),
+                MAX_PROCESSES,
+                match self.run_as {
+                    Some(uid) => format!(", tests run as uid {uid}"),
+                    None => String::new(),
+                }
+            ),
+            Isolation::Unconfined => "NONE (--no-sandbox): generated code ran unconfined".into(),
+        }
+    }
+
+    /// The first bubblewrap that confines both steps here, or why there is none.
+    fn find_bubblewrap(&self) -> Result<PathBuf, String> {
+        let candidates: Vec<PathBuf> = match &self.options.bwrap {
+            Some(path) => vec![path.clone()],
+            None => std::env::var_os("NANOCHAT_BWRAP")
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from)
+                .into_iter()
+                .chain(project_bubblewrap())
+                .chain(std::iter::once(PathBuf::from("bwrap")))
+                .collect(),
+        };
+        let mut reasons = Vec::new();
+        for bwrap in candidates {
+            match self.probe(&bwrap) {
+                Ok(()) => return Ok(bwrap),
+                Err(why) => reasons.push(format!("{}: {why}", bwrap.display())),
+            }
+        }
+        Err(reasons.join("; "))
+    }
+
+    /// Runs `true` under both profiles.
+    fn probe(&self, bwrap: &Path) -> Result<(), String> {
+        let dir = tempfile::Builder::new()
+            .prefix("eval-probe-")
+            .tempdir()
+            .map_err(|e| format!("cannot create a temporary folder: {e}"))?;
+        let isolation = Isolation::Bubblewrap(bwrap.to_path_buf());
+        let succeeds = |mut command: Command| -> Result<(), String> {
+            let output = command
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| format!("cannot start it: {e}"))?;
+            match output.status.success() {
+                true => Ok(()),
+                false => Err(String::from_utf8_lossy(&output.stderr).trim().to_string()),
+            }
+        };
+        succeeds(self.compile_command(&isolation, dir.path(), "true", &[]))?;
+        self.hand_over(dir.path())?;
+        succeeds(self.run_command(&isolation, dir.path(), "true", &[]))
+    }
+
+    /// The arguments every profile shares: namespaces, the read-only system, the sample's folder.
+    fn confine(bwrap: &Path, dir: &Path) -> Command {
+        let mut c = Command::new(bwrap);
+        c.args(["--unshare-all", "--die-with-parent", "--new-session"])
+            .args(["--ro-bind", "/usr", "/usr"])
+            .args(["--symlink", "usr/bin", "/bin"])
+            .args(["--symlink", "usr/lib", "/lib"])
+            .args(["--symlink", "usr/lib64", "/lib64"])
+            .args(["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"])
+            .arg("--bind")
+            .arg(dir)
+            .arg(SANDBOX_DIR)
+            .args([
+                "--chdir",
+                SANDBOX_DIR,
+                "--clearenv",
+                "--setenv",
+                "PATH",
+                "/usr/bin",
+            ]);
+        c
+    }
+
+    /// rustc (the toolchain's own binary, so no rustup proxy and no home folder) in `dir`.
+    fn compile_command(
+        &self,
+        isolation: &Isolation,
+        dir: &Path,
+        program: &str,
+        args: &[&str],
+    ) -> Command {
+        match isolation {
+            Isolation::Bubblewrap(bwrap) => {
+                let mut c = Self::confine(bwrap, dir);
+                // The linker (cc) is an alternatives link; ld.so.cache speeds up loading.
+                c.args(["--ro-bind", "/etc/alternatives", "/etc/alternatives"])
+                    .args(["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"])
+                    .arg("--ro-bind")
+                    .arg(&self.sysroot)
+                    .arg(&self.sysroot)
+                    .arg("--")
+                    .arg(program)
+                    .args(args);
+                c
+            }
+            Isolation::Unconfined => {
+                let mut c = Command::new(program);
+                c.args(args).current_dir(dir);
+                c
+            }
+        }
+    }
+
+    /// A test binary in `dir`, as the unprivileged user under the process limits.
+    fn run_command(
+        &self,
+        isolation: &Isolation,
+        dir: &Path,
+        program: &str,
+        args: &[&str],
+    ) -> Command {
+        let o = &self.options;
+        let mut c = Command::new("prlimit");
+        c.arg(format!("--nproc={}", self.max_processes))
+            .arg(format!("--as={}", o.memory_limit_mb << 20))
+            .arg(format!("--cpu={}", o.run_timeout.as_secs() + 1))
+            .arg(format!("--fsize={}", 16u64 << 20))
+            .args(["--core=0", "--"]);
+        match isolation {
+            Isolation::Bubblewrap(bwrap) => {
+                c.arg(bwrap).args(Self::confine(bwrap, dir).get_args());
+                c.arg("--").arg(program).args(args);
+            }
+            Isolation::Unconfined => {
+                c.arg(program).args(args).current_dir(dir);
+            }
+        }
+        if let Some(id) = self.run_as {
+            c.uid(id).gid(id);
+        }
+        c.env_clear().env("PATH", "/usr/bin:/bin");
+        c
     }
 
     /// Compiles `body` in `task` as a library and, when that works and the task has tests,
@@ -129,6 +337,16 @@ impl Sandbox {
         Ok(CheckResult { compile, tests })
     }
 
+    /// The folder becomes the unprivileged user's, so the test binary can write in it (its
+    /// files stay readable to it: rustc wrote them world-readable).
+    fn hand_over(&self, dir: &Path) -> Result<(), String> {
+        match self.run_as {
+            Some(id) => std::os::unix::fs::chown(dir, Some(id), Some(id))
+                .map_err(|e| format!("{}: {e}", dir.display())),
+            None => Ok(()),
+        }
+    }
+
     fn run_tests(&self, dir: &Path, program: &str) -> Result<TestOutcome, String> {
         write(&dir.join("sample_tests.rs"), program)?;
         // `#[test]` functions build with the test harness; MultiPL-E tests are a `fn main`.
@@ -151,28 +369,11 @@ impl Sandbox {
                 ))
             }
         }
-        // ulimit -v: KiB of virtual memory; -f: blocks of output files (stdout is a file here);
-        // -c 0: no core dumps.
-        let limits = format!(
-            "ulimit -v {} && ulimit -f 4096 && ulimit -c 0 && exec ./sample_tests \"$@\"",
-            self.options.memory_limit_mb * 1024
-        );
-        let mut command = if self.network_isolated {
-            let mut c = Command::new("unshare");
-            c.args(["--user", "--net", "--map-root-user", "sh", "-c", &limits]);
-            c
-        } else {
-            let mut c = Command::new("sh");
-            c.args(["-c", &limits]);
-            c
-        };
-        command.arg("sample_tests");
-        if harness {
-            command.arg("--test-threads=1");
-        }
-        command.env_clear();
+        self.hand_over(dir)?;
+        let args: &[&str] = if harness { &["--test-threads=1"] } else { &[] };
+        let command = self.run_command(&self.isolation, dir, "./sample_tests", args);
         let output = dir.join("run.out");
-        match self.run(dir, command, &output, self.options.run_timeout)? {
+        match self.run(command, &output, self.options.run_timeout)? {
             Finished::TimedOut => Ok(TestOutcome::Timeout),
             Finished::Exited(status) if status.success() => Ok(TestOutcome::Pass),
             Finished::Exited(status) => {
@@ -183,21 +384,21 @@ impl Sandbox {
     }
 
     fn rustc(&self, dir: &Path, args: &[&str]) -> Result<CompileOutcome, String> {
-        let mut command = Command::new(&self.options.rustc);
-        command
-            .args([
-                "--edition",
-                "2021",
-                "--error-format=json",
-                "-A",
-                "warnings",
-                "--crate-name",
-                "sample",
-            ])
-            .args(args);
+        let rustc = self.sysroot.join("bin/rustc");
+        let mut all = vec![
+            "--edition",
+            "2021",
+            "--error-format=json",
+            "-A",
+            "warnings",
+            "--crate-name",
+            "sample",
+        ];
+        all.extend_from_slice(args);
+        let command = self.compile_command(&self.isolation, dir, &rustc.to_string_lossy(), &all);
         let output = dir.join("rustc.out");
         Ok(
-            match self.run(dir, command, &output, self.options.compile_timeout)? {
+            match self.run(command, &output, self.options.compile_timeout)? {
                 Finished::TimedOut => CompileOutcome::Timeout,
                 Finished::Exited(status) if status.success() => CompileOutcome::Ok,
                 Finished::Exited(_) => {
@@ -212,7 +413,6 @@ impl Sandbox {
     /// with the group at `timeout`.
     fn run(
         &self,
-        dir: &Path,
         mut command: Command,
         output: &Path,
         timeout: Duration,
@@ -222,7 +422,6 @@ impl Sandbox {
             .try_clone()
             .map_err(|e| format!("{}: {e}", output.display()))?;
         let mut child = command
-            .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -247,6 +446,43 @@ impl Sandbox {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
+}
+
+fn is_root() -> bool {
+    // The owner of this process's /proc entry is its effective user.
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// Processes this user runs now (the process limit counts them all).
+fn processes_of_this_user() -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(me) = std::fs::metadata("/proc/self").map(|m| m.uid()) else {
+        return 0;
+    };
+    std::fs::read_dir("/proc").map_or(0, |entries| {
+        entries
+            .filter_map(Result::ok)
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+            })
+            .filter(|e| e.metadata().is_ok_and(|m| m.uid() == me))
+            .count() as u64
+    })
+}
+
+/// bubblewrap as `make sandbox` installs it: `.tools/usr/bin/bwrap` in a folder above this
+/// executable (target/release/ lies two below the project root).
+fn project_bubblewrap() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    exe.ancestors()
+        .skip(1)
+        .take(5)
+        .map(|dir| dir.join(".tools/usr/bin/bwrap"))
+        .find(|path| path.is_file())
 }
 
 fn write(path: &Path, text: &str) -> Result<(), String> {

@@ -165,7 +165,8 @@ pub struct Summary {
     pub check_seconds: f64,
     /// The most common compiler errors (each counted once per sample), most frequent first.
     pub top_errors: Vec<(String, usize)>,
-    pub network_isolated: bool,
+    /// What confined the generated code ([`Sandbox::isolation_summary`]).
+    pub sandbox: String,
     pub compile_timeout_seconds: f64,
     pub run_timeout_seconds: f64,
     pub memory_limit_mb: u64,
@@ -402,7 +403,7 @@ fn summarize(
         tokens_per_second: completion_tokens as f64 / generation_seconds.max(1e-9),
         check_seconds,
         top_errors,
-        network_isolated: sandbox.network_isolated,
+        sandbox: sandbox.isolation_summary(),
         compile_timeout_seconds: options.compile_timeout.as_secs_f64(),
         run_timeout_seconds: options.run_timeout.as_secs_f64(),
         memory_limit_mb: options.memory_limit_mb,

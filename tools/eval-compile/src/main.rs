@@ -35,10 +35,15 @@ Verdicts: compiles, tests_pass (successes); trivial (todo!(), unimplemented!(), 
 an empty body, a lone literal or default: compiles for almost any prompt, so a failure);
 compile_error, compile_timeout, tests_fail, test_timeout, generation_error.
 
-Sandbox: every sample in its own temporary folder (deleted afterwards); rustc and the test binary
-killed with their process group at their time limits; the binary gets --memory-mb of virtual
-memory, 4 MB of output, an empty environment, no stdin, and no network where user namespaces
-allow it (unshare; the summary says whether they did).
+Sandbox: every sample in its own temporary folder (deleted afterwards), compiled and run inside
+bubblewrap (bwrap): a read-only /usr and toolchain and nothing else of the system (no home, no
+secrets), the sample's folder and a private /tmp as the only writable places, new user, PID and
+network namespaces (no network; no process outlives the sample), an empty environment. The test
+binary also runs unprivileged (as nobody when eval-compile runs as root) with a process limit,
+CPU time, --memory-mb of virtual memory, 16 MB of output and no core files; rustc and the binary
+are killed at their time limits. bubblewrap comes from --bwrap, $NANOCHAT_BWRAP, the project's
+.tools/ (`make sandbox`) or the PATH; without it nothing runs unless --no-sandbox is given (then
+a warning, and the summary's \"sandbox\" field says NONE).
 
 Exit status: 0 evaluated, 1 the checker failed or no completion came back, 2 bad usage or input.";
 
@@ -131,6 +136,18 @@ struct Cli {
     #[arg(long, value_name = "MIB", default_value_t = 512)]
     memory_mb: u64,
 
+    /// The bubblewrap binary that confines compiles and test runs (default: $NANOCHAT_BWRAP,
+    /// the project's .tools/usr/bin/bwrap from `make sandbox`, or bwrap on the PATH).
+    ///
+    /// Example: --bwrap /usr/bin/bwrap
+    #[arg(long, value_name = "PATH")]
+    bwrap: Option<PathBuf>,
+
+    /// Run generated code UNCONFINED where bubblewrap cannot run (it can then read and write
+    /// whatever you can, use the network and leave processes behind). Said in the summary.
+    #[arg(long)]
+    no_sandbox: bool,
+
     /// The rustc to check with.
     #[arg(long, value_name = "PATH", default_value = "rustc")]
     rustc: PathBuf,
@@ -201,6 +218,8 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         compile_timeout: seconds("compile-timeout", cli.compile_timeout)?,
         run_timeout: seconds("run-timeout", cli.run_timeout)?,
         memory_limit_mb: cli.memory_mb,
+        bwrap: cli.bwrap.clone(),
+        no_sandbox: cli.no_sandbox,
     };
     let mut tasks = load_prompts(&cli.prompts).map_err(|e| Failure::Usage(e.to_string()))?;
     if let Some(limit) = cli.limit {
@@ -348,6 +367,7 @@ fn render(s: &Summary) -> String {
         .map(|(v, n)| format!("{v} {n}"))
         .collect();
     out += &format!("  verdicts: {}\n", verdicts.join(", "));
+    out += &format!("  sandbox: {}\n", s.sandbox);
     if let (Some(lines), Some(cc)) = (s.mean_lines, s.mean_cyclomatic) {
         out += &format!(
             "  {} bodies parse: mean {lines:.1} lines, cyclomatic complexity {cc:.2}\n",

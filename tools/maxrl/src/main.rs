@@ -100,6 +100,13 @@ struct Cli {
     /// Supervised warm-up steps (--batch-prompts solutions each, seeded order).
     #[arg(long, value_name = "N", requires = "warmup")]
     warmup_steps: Option<usize>,
+    /// The bubblewrap binary that confines the samples' compiles and test runs (default:
+    /// $NANOCHAT_BWRAP, the project's .tools/usr/bin/bwrap from `make sandbox`, or the PATH).
+    #[arg(long, value_name = "PATH")]
+    bwrap: Option<PathBuf>,
+    /// Run the samples UNCONFINED where bubblewrap cannot run (said in summary.json).
+    #[arg(long)]
+    no_sandbox: bool,
 }
 
 fn main() -> ExitCode {
@@ -302,7 +309,12 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         None => None,
     };
     let mut policy = Policy::load(&cli.checkpoint).map_err(usage)?;
-    let sandbox = Sandbox::new(CheckOptions::default()).map_err(usage)?;
+    let sandbox = Sandbox::new(CheckOptions {
+        bwrap: cli.bwrap.clone(),
+        no_sandbox: cli.no_sandbox,
+        ..CheckOptions::default()
+    })
+    .map_err(usage)?;
     let jobs = cli.jobs.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
     });
@@ -452,6 +464,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
     let rl = serde_json::json!({
         "from": cli.checkpoint.display().to_string(),
         "estimator": cli.estimator,
+        "sandbox": sandbox.isolation_summary(),
         "iterations": cli.iterations,
         "batch_prompts": cli.batch_prompts,
         "samples": cli.samples,
