@@ -77,6 +77,7 @@ impl Model {
             file: &file,
             expected: Default::default(),
             kernel: Kernel::selected()?,
+            scale_granularity: config.variant.weight_scales,
         };
         let mut model = reader.model(config).map_err(invalid)?;
         reader.check_no_extra_tensors().map_err(invalid)?;
@@ -121,6 +122,8 @@ struct TensorReader<'a> {
     expected: std::cell::RefCell<HashSet<String>>,
     /// The kernel the model will run: ternary weights are laid out for it.
     kernel: Kernel,
+    /// How many weights share a scale in this model.
+    scale_granularity: ScaleGranularity,
 }
 
 impl TensorReader<'_> {
@@ -161,7 +164,6 @@ impl TensorReader<'_> {
         } else {
             Head::Ternary(self.ternary_stack(&[("output.weight".into(), config.vocab_size)], c)?)
         };
-        self.check_scale_granularity(&blocks, &head, config.variant.weight_scales)?;
         Ok(Model {
             embedding,
             blocks,
@@ -216,52 +218,6 @@ impl TensorReader<'_> {
         }
     }
 
-    /// Every ternary matrix's scales are as uniform as the model's granularity says: equal over
-    /// each block of 256 weights of a row (two groups), or over the whole matrix. Stacked
-    /// matrices (q|k|v, gate|up) are checked as the stack, so a per-tensor model whose stacked
-    /// parts differ in scale is checked per row block of equal scale instead: each row's groups.
-    fn check_scale_granularity(
-        &self,
-        blocks: &[Block],
-        head: &Head,
-        granularity: ScaleGranularity,
-    ) -> Result<(), String> {
-        let groups_per_scale = match granularity {
-            ScaleGranularity::Group128 => return Ok(()),
-            ScaleGranularity::Block256 => 2,
-            ScaleGranularity::Tensor => usize::MAX,
-        };
-        let mut matrices: Vec<(&str, &PlanarWeights)> = Vec::new();
-        for b in blocks {
-            matrices.extend([
-                ("q|k|v", &b.qkv),
-                ("attn_output", &b.attn_output),
-                ("gate|up", &b.gate_up),
-                ("ffn_down", &b.ffn_down),
-            ]);
-        }
-        if let Head::Ternary(w) = head {
-            matrices.push(("output", w));
-        }
-        for (layer_name, w) in matrices {
-            for row in 0..w.rows() {
-                for group in 0..w.groups() {
-                    let first = group - group % groups_per_scale.min(w.groups());
-                    if w.scale(row, group) != w.scale(row, first) {
-                        return Err(format!(
-                            "ternary weight {layer_name}: row {row} has scale {} in group {group} \
-                             and {} in group {first}, but the model declares one scale per {}",
-                            w.scale(row, group),
-                            w.scale(row, first),
-                            granularity.name()
-                        ));
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// An F32 vector of `len` values, all finite.
     fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, String> {
         let t = self.tensor(name)?;
@@ -309,7 +265,15 @@ impl TensorReader<'_> {
             rows += part_rows;
         }
         let names: Vec<&str> = parts.iter().map(|(n, _)| n.as_str()).collect();
+        // Scales that the model's granularity says are shared are stored once (planar.rs): the
+        // same results from fewer bytes, and an error if the file's scales are not that uniform.
+        let shift = match self.scale_granularity {
+            ScaleGranularity::Group128 => 0,
+            ScaleGranularity::Block256 => 1,
+            ScaleGranularity::Tensor => ternary::planar::ROW_SCALE_SHIFT,
+        };
         PlanarWeights::from_packed(rows, cols, &codes, &scales)
+            .and_then(|w| w.share_scales(shift))
             .map(|w| w.into_layout(self.kernel.code_layout()))
             .map_err(|e| format!("ternary weight {}: {e}", names.join(" + ")))
     }

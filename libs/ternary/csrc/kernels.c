@@ -31,10 +31,14 @@
 typedef struct {
     const uint8_t *codes;     /* row r, group g at codes + r * code_row_stride + g * 32 */
     size_t code_row_stride;   /* bytes: groups * 32 (rows contiguous) */
-    const float *scales;      /* tile t at scales + t * scale_tile_stride, then [group][row % 8] */
-    size_t scale_tile_stride; /* floats: groups * 8 */
+    const float *scales;      /* tile t at scales + t * scale_tile_stride, then [entry][row % 8] */
+    size_t scale_tile_stride; /* floats: entries * 8 */
     size_t groups;            /* groups per row (cols rounded up to 128) */
+    unsigned scale_shift;     /* group g uses scale entry g >> scale_shift (shared scales) */
 } ntk_weights;
+
+/* The scale entry of group g: groups that share a scale read the same entry. */
+#define NTK_SCALE_ENTRY(w, g) ((g) >> (w)->scale_shift)
 
 /* One or several quantized activation vectors: vector b at x + b * x_stride, its group sums at
  * x_sums + b * groups, its scale act_scales[b]. */
@@ -65,7 +69,8 @@ static int32_t group_dot_scalar(const uint8_t *group_codes, const int8_t *x) {
 }
 
 static float scale_at(const ntk_weights *w, size_t row, size_t group) {
-    return w->scales[(row / NTK_TILE) * w->scale_tile_stride + group * NTK_TILE + row % NTK_TILE];
+    return w->scales[(row / NTK_TILE) * w->scale_tile_stride + NTK_SCALE_ENTRY(w, group) * NTK_TILE +
+                     row % NTK_TILE];
 }
 
 /* Rows [row_begin, row_begin + row_count) of y = W x; y points at the output of row_begin. */
@@ -146,11 +151,13 @@ void ntk_gemv_i2p_i8_faulty(const ntk_weights *w, const ntk_acts *a, size_t row_
  * addresses are formed as integers so no pointer leaves its array. Measured on the model's shapes
  * (gemv-bench --cold): 2x the GEMV's GOPS at 1 thread. Defined for a distance and a cache level. */
 #define NTK_DEFINE_PREFETCH(NAME, DISTANCE, HINT)                                                  \
-    static inline void NAME(const uint8_t *tile_codes, const float *tile_scales, size_t g) {       \
+    static inline void NAME(const uint8_t *tile_codes, const float *tile_scales, size_t g,        \
+                            size_t entry) {                                                        \
         uintptr_t codes = (uintptr_t)tile_codes + (DISTANCE) + g * NTK_TILE * NTK_GROUP_BYTES;     \
         for (int line = 0; line < NTK_TILE * NTK_GROUP_BYTES; line += 64)                          \
             _mm_prefetch((const char *)(codes + line), HINT);                                      \
-        uintptr_t scales = (uintptr_t)tile_scales + (DISTANCE) / 8 + g * NTK_TILE * sizeof(float); \
+        uintptr_t scales =                                                                         \
+            (uintptr_t)tile_scales + (DISTANCE) / 8 + entry * NTK_TILE * sizeof(float);            \
         _mm_prefetch((const char *)scales, HINT);                                                  \
     }
 
@@ -224,7 +231,7 @@ NTK_AVX2 static void gemv_tile_avx2(const ntk_weights *w, const ntk_acts *a, siz
     const size_t stride = w->code_row_stride;
     __m256 acc = _mm256_setzero_ps();
     for (size_t g = 0; g < w->groups; g++) {
-        prefetch_ahead(codes, scales, g);
+        prefetch_ahead(codes, scales, g, NTK_SCALE_ENTRY(w, g));
         const int8_t *xg = a->x + g * NTK_GROUP;
         __m256i x0 = _mm256_load_si256((const __m256i *)xg);
         __m256i x1 = _mm256_load_si256((const __m256i *)(xg + 32));
@@ -236,7 +243,7 @@ NTK_AVX2 static void gemv_tile_avx2(const ntk_weights *w, const ntk_acts *a, siz
         NTK_TILE_SUMS_AVX2(sums, NTK_GEMV_ROW);
 #undef NTK_GEMV_ROW
         __m256i dots = _mm256_sub_epi32(sums, _mm256_set1_epi32(a->x_sums[g]));
-        acc = _mm256_fmadd_ps(_mm256_load_ps(scales + g * NTK_TILE), _mm256_cvtepi32_ps(dots), acc);
+        acc = _mm256_fmadd_ps(_mm256_load_ps(scales + NTK_SCALE_ENTRY(w, g) * NTK_TILE), _mm256_cvtepi32_ps(dots), acc);
     }
     __m256 out = _mm256_mul_ps(acc, _mm256_set1_ps(a->act_scales[0]));
     if (count == NTK_TILE) {
@@ -281,7 +288,7 @@ NTK_AVX2 void ntk_gemm_i2p_i8_avx2(const ntk_weights *w, const ntk_acts *a, size
         __m256 acc[NTK_MAX_BATCH];
         for (size_t b = 0; b < a->batch; b++) acc[b] = _mm256_setzero_ps();
         for (size_t g = 0; g < w->groups; g++) {
-            prefetch_ahead(codes, scales, g);
+            prefetch_ahead(codes, scales, g, NTK_SCALE_ENTRY(w, g));
             __m256i c[8][4];
             for (int r = 0; r < 8; r++) {
                 __m256i v = _mm256_load_si256((const __m256i *)(codes + r * stride + g * NTK_GROUP_BYTES));
@@ -292,7 +299,7 @@ NTK_AVX2 void ntk_gemm_i2p_i8_avx2(const ntk_weights *w, const ntk_acts *a, size
                 c[r][2] = _mm256_shuffle_epi8(lut_lo, hi);
                 c[r][3] = _mm256_shuffle_epi8(lut_hi, hi);
             }
-            __m256 group_scales = _mm256_load_ps(scales + g * NTK_TILE);
+            __m256 group_scales = _mm256_load_ps(scales + NTK_SCALE_ENTRY(w, g) * NTK_TILE);
             for (size_t b = 0; b < a->batch; b++) {
                 const int8_t *xg = a->x + b * a->x_stride + g * NTK_GROUP;
                 __m256i x0 = _mm256_load_si256((const __m256i *)xg);
@@ -376,7 +383,7 @@ NTK_AVX512BW static inline __m256i reduce_pairs_epi32(const __m512i pair[4]) {
             const float *scales = w->scales + (row / NTK_TILE) * w->scale_tile_stride;             \
             __m256 acc = _mm256_setzero_ps();                                                      \
             for (size_t g = 0; g < w->groups; g++) {                                               \
-                prefetch_ahead(codes, scales, g);                                                  \
+                prefetch_ahead(codes, scales, g, NTK_SCALE_ENTRY(w, g));                           \
                 const int8_t *xg = a->x + g * NTK_GROUP;                                           \
                 __m512i x0 = _mm512_broadcast_i64x4(_mm256_load_si256((const __m256i *)xg));       \
                 __m512i x1 = _mm512_broadcast_i64x4(_mm256_load_si256((const __m256i *)(xg + 32))); \
@@ -390,7 +397,7 @@ NTK_AVX512BW static inline __m256i reduce_pairs_epi32(const __m512i pair[4]) {
                 }                                                                                  \
                 __m256i dots =                                                                     \
                     _mm256_sub_epi32(reduce_pairs_epi32(pairs), _mm256_set1_epi32(a->x_sums[g]));  \
-                acc = _mm256_fmadd_ps(_mm256_load_ps(scales + g * NTK_TILE),                       \
+                acc = _mm256_fmadd_ps(_mm256_load_ps(scales + NTK_SCALE_ENTRY(w, g) * NTK_TILE),                       \
                                       _mm256_cvtepi32_ps(dots), acc);                              \
             }                                                                                      \
             float out[NTK_TILE];                                                                   \
@@ -426,11 +433,11 @@ NTK_DEFINE_GEMV_AVX512(ntk_gemv_i2p_i8_avx512bw, NTK_AVX512BW, pair_sum_bw)
             __m256 acc[NTK_MAX_BATCH];                                                             \
             for (size_t b = 0; b < a->batch; b++) acc[b] = _mm256_setzero_ps();                    \
             for (size_t g = 0; g < w->groups; g++) {                                               \
-                prefetch_ahead(codes, scales, g);                                                  \
+                prefetch_ahead(codes, scales, g, NTK_SCALE_ENTRY(w, g));                           \
                 __m512i c[4][4];                                                                   \
                 for (int r = 0; r < 4; r++)                                                        \
                     decode_row_pair(codes + r * stride + g * NTK_GROUP_BYTES, stride, c[r]);       \
-                __m256 group_scales = _mm256_load_ps(scales + g * NTK_TILE);                       \
+                __m256 group_scales = _mm256_load_ps(scales + NTK_SCALE_ENTRY(w, g) * NTK_TILE);                       \
                 for (size_t b = 0; b < a->batch; b++) {                                            \
                     const int8_t *xg = a->x + b * a->x_stride + g * NTK_GROUP;                     \
                     __m512i x0 = _mm512_broadcast_i64x4(_mm256_load_si256((const __m256i *)xg));   \
@@ -514,8 +521,8 @@ NTK_AVX512VNNI static void gemm_block_vnni(
     __m512 acc[NTK_VNNI_CHUNK];
     NTK_UNROLL for (int b = 0; b < n; b++) acc[b] = _mm512_setzero_ps();
     for (size_t g = 0; g < w->groups; g++) {
-        prefetch_ahead_l2(codes_a, scales_a, g);
-        if (has_second) prefetch_ahead_l2(codes_b, scales_b, g);
+        prefetch_ahead_l2(codes_a, scales_a, g, NTK_SCALE_ENTRY(w, g));
+        if (has_second) prefetch_ahead_l2(codes_b, scales_b, g, NTK_SCALE_ENTRY(w, g));
         const uint8_t *group_a = codes_a + g * NTK_TILE_GROUP_BYTES;
         const uint8_t *group_b = codes_b + g * group_step_b;
         __m512i sums[4][NTK_VNNI_CHUNK];
@@ -537,8 +544,8 @@ NTK_AVX512VNNI static void gemm_block_vnni(
             }
         }
         __m512 group_scales = _mm512_castpd_ps(_mm512_insertf64x4(
-            _mm512_castpd256_pd512(_mm256_castps_pd(_mm256_load_ps(scales_a + g * NTK_TILE))),
-            _mm256_castps_pd(_mm256_load_ps(scales_b + g * scale_step_b)), 1));
+            _mm512_castpd256_pd512(_mm256_castps_pd(_mm256_load_ps(scales_a + NTK_SCALE_ENTRY(w, g) * NTK_TILE))),
+            _mm256_castps_pd(_mm256_load_ps(scales_b + NTK_SCALE_ENTRY(w, g) * scale_step_b)), 1));
         NTK_UNROLL for (int b = 0; b < n; b++) {
             __m512i total = _mm512_add_epi32(sums[0][b], sums[1][b]);
             if (chains == 4)

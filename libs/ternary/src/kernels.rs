@@ -365,6 +365,7 @@ unsafe fn run_rows(
         scales: w.scales().as_ptr(),
         scale_tile_stride: w.scale_tile_stride(),
         groups: w.groups(),
+        scale_shift: w.scale_shift(),
     };
     let ffi_acts = ffi::NtkActs {
         x: acts.values.as_ptr(),
@@ -521,6 +522,7 @@ mod ffi {
         pub scales: *const f32,
         pub scale_tile_stride: usize,
         pub groups: usize,
+        pub scale_shift: u32,
     }
 
     /// Mirror of `ntk_acts` in csrc/kernels.c.
@@ -679,6 +681,72 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Weights whose scales are shared as `shift` says, built with per-group scales.
+    fn shared_scale_weights(rows: usize, cols: usize, shift: u32) -> PlanarWeights {
+        let groups = crate::groups_for(cols);
+        let trits: Vec<i8> = crate::synthetic::uniform_values(rows * cols, 9)
+            .iter()
+            .map(|v| (v * 3.0).round().clamp(-1.0, 1.0) as i8)
+            .collect();
+        let scales: Vec<f32> = (0..rows * groups)
+            .map(|i| {
+                let (row, group) = (i / groups, i % groups);
+                let entry = group.checked_shr(shift).unwrap_or(0);
+                0.01 + (row * 31 + entry * 7) as f32 * 1e-3
+            })
+            .collect();
+        PlanarWeights::from_trits(rows, cols, &trits, &scales).unwrap()
+    }
+
+    #[test]
+    fn shared_scales_give_every_kernel_the_same_bits_from_fewer_bytes() {
+        let (rows, cols) = (19, 1300);
+        for shift in [1, crate::planar::ROW_SCALE_SHIFT] {
+            let per_group = shared_scale_weights(rows, cols, shift);
+            let shared = per_group.clone().share_scales(shift).unwrap();
+            let entries = per_group
+                .groups()
+                .div_ceil(1usize.checked_shl(shift).unwrap_or(usize::MAX));
+            assert_eq!(shared.scales().len(), rows.div_ceil(8) * 8 * entries);
+            for row in 0..rows {
+                assert_eq!(shared.dequantize_row(row), per_group.dequantize_row(row));
+            }
+            for batch in [1, 3, 8, 17] {
+                let x = QuantizedBatch::quantize(&activations(cols, batch, 4), cols);
+                let mut expected = vec![0f32; rows * batch];
+                reference::gemm(&per_group, &x, &mut expected);
+                for kernel in Kernel::available() {
+                    let w = shared.clone().into_layout(kernel.code_layout());
+                    for parallel in [false, true] {
+                        let mut y = vec![f32::NAN; rows * batch];
+                        run(kernel, &w, Acts::batch(&x), &mut y, parallel).unwrap();
+                        let same = y
+                            .iter()
+                            .zip(&expected)
+                            .all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(
+                            same,
+                            "{kernel} shift {shift} batch {batch} parallel={parallel}"
+                        );
+                    }
+                }
+            }
+        }
+        // Scales that differ inside a shared run are refused, naming the place.
+        let err = shared_scale_weights(3, 300, 0).share_scales(1).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                crate::planar::PlanarError::UnsharedScale {
+                    group: 1,
+                    first: 0,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]

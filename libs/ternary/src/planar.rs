@@ -21,6 +21,11 @@
 //! - `scales`: one f32 per (row, group), tile-interleaved: tile `t = r / 8` starts at
 //!   `t * scale_tile_stride` (`groups * 8` floats, a multiple of 32 bytes), and inside it the scale of row
 //!   `r` for group `g` is at `g * 8 + r % 8`: one aligned 32-byte load gives group `g` of 8 rows.
+//!   Where groups share a scale (models from elsewhere: llama.cpp's blocks of 256, BitNet's one
+//!   scale per matrix) it is stored once: with `scale_shift` k, the scale of group `g` is entry
+//!   `g >> k` (`ceil(groups / 2^k) * 8` floats a tile; k = [`ROW_SCALE_SHIFT`]: one per row). Every
+//!   group still multiplies by its scale, the same number, so the arithmetic (and every result) is
+//!   that of the per-group form; only the bytes read shrink (2.25 → 2.125 or ~2.0 bits a weight).
 //!
 //! The file form (GGUF) is different: row-major packed codes, weight `j` in byte `j / 4` at bits
 //! `2 * (j % 4)` ([`crate::trit`]), and row-major `[rows, groups]` scales. Loading repacks once.
@@ -31,6 +36,10 @@ use crate::{groups_for, quant, GROUP_CODE_BYTES, GROUP_SIZE};
 
 /// Rows processed together by the SIMD kernels; row counts are padded to a multiple of it.
 pub const ROW_TILE: usize = 8;
+
+/// The `scale_shift` of one scale per row (any shift at least log2(groups) gives one; this one
+/// covers every row length).
+pub const ROW_SCALE_SHIFT: u32 = 31;
 
 /// Why weights could not be built.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -52,6 +61,17 @@ pub enum PlanarError {
         row: usize,
         group: usize,
         value: String,
+    },
+    #[error(
+        "row {row}: group {group} has scale {found}, group {first} of the same shared scale has \
+         {expected}"
+    )]
+    UnsharedScale {
+        row: usize,
+        group: usize,
+        first: usize,
+        found: String,
+        expected: String,
     },
 }
 
@@ -75,6 +95,8 @@ pub struct PlanarWeights {
     groups: usize,
     code_row_stride: usize,
     scale_tile_stride: usize,
+    /// Group `g` uses scale entry `g >> scale_shift` (module documentation).
+    scale_shift: u32,
     layout: CodeLayout,
     codes: AlignedVec<u8>,
     scales: AlignedVec<f32>,
@@ -153,6 +175,7 @@ impl PlanarWeights {
             groups,
             code_row_stride,
             scale_tile_stride,
+            scale_shift: 0,
             layout: CodeLayout::Rows,
             codes: AlignedVec::zeroed(tiles * ROW_TILE * code_row_stride),
             scales: AlignedVec::zeroed(tiles * scale_tile_stride),
@@ -160,7 +183,52 @@ impl PlanarWeights {
     }
 
     fn scale_index(&self, row: usize, group: usize) -> usize {
-        (row / ROW_TILE) * self.scale_tile_stride + group * ROW_TILE + row % ROW_TILE
+        let entry = group.checked_shr(self.scale_shift).unwrap_or(0);
+        (row / ROW_TILE) * self.scale_tile_stride + entry * ROW_TILE + row % ROW_TILE
+    }
+
+    /// Stores each scale once for the `2^shift` groups that share it (module documentation):
+    /// every row's scales must be equal within each such run, or nothing changes and the first
+    /// difference is the error. The results of every kernel stay the same.
+    pub fn share_scales(mut self, shift: u32) -> Result<Self, PlanarError> {
+        if shift <= self.scale_shift {
+            return Ok(self);
+        }
+        let per_entry = 1usize.checked_shl(shift).unwrap_or(usize::MAX);
+        let entries = self.groups.div_ceil(per_entry);
+        for row in 0..self.rows {
+            for group in 0..self.groups {
+                let first = group - group % per_entry.min(self.groups);
+                let (found, expected) = (self.scale(row, group), self.scale(row, first));
+                if found.to_bits() != expected.to_bits() {
+                    return Err(PlanarError::UnsharedScale {
+                        row,
+                        group,
+                        first,
+                        found: found.to_string(),
+                        expected: expected.to_string(),
+                    });
+                }
+            }
+        }
+        let tiles = self.padded_rows() / ROW_TILE;
+        let stride = entries * ROW_TILE;
+        let mut scales = AlignedVec::zeroed(tiles * stride);
+        for row in 0..self.padded_rows() {
+            for entry in 0..entries {
+                scales[(row / ROW_TILE) * stride + entry * ROW_TILE + row % ROW_TILE] =
+                    self.scales[self.scale_index(row, entry * per_entry.min(self.groups))];
+            }
+        }
+        self.scales = scales;
+        self.scale_tile_stride = stride;
+        self.scale_shift = shift;
+        Ok(self)
+    }
+
+    /// Group `g` of a row uses scale entry `g >> scale_shift()` (0: a scale per group).
+    pub fn scale_shift(&self) -> u32 {
+        self.scale_shift
     }
 
     fn set_scales(&mut self, scales: &[f32]) -> Result<(), PlanarError> {
