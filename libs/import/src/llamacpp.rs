@@ -124,6 +124,9 @@ pub fn import(path: &Path) -> Result<Imported, ImportError> {
     };
     let mut tables = HashMap::new();
     let mut ternary = HashMap::new();
+    // llama.cpp's conversion of a BitNet model repeats its one scale per matrix in every block:
+    // then the model's granularity is the matrix, which the loader stores in fewer bytes.
+    let mut one_scale_per_matrix = true;
     let head_dim = config.head_dim();
     let matrices: std::collections::HashSet<String> = config
         .ternary_weights()
@@ -141,6 +144,8 @@ pub fn import(path: &Path) -> Result<Imported, ImportError> {
         if tq::is_ternary_type(ggml_type) {
             let decoded = tq::decode(&t).map_err(|e| invalid(e.to_string()))?;
             let (rows, cols) = (decoded.rows, decoded.cols);
+            let first = decoded.block_scales[0].to_bits();
+            one_scale_per_matrix &= decoded.block_scales.iter().all(|s| s.to_bits() == first);
             let (trits, scales) = if is_rope_projection(name) {
                 let source = |row| rotate_half_source_row(row, head_dim);
                 (
@@ -173,6 +178,10 @@ pub fn import(path: &Path) -> Result<Imported, ImportError> {
         };
         let shape = t.info.shape().iter().map(|&d| d as usize).collect();
         tables.insert(name.to_string(), F32Tensor { shape, values });
+    }
+    let mut config = config;
+    if one_scale_per_matrix {
+        config.variant.weight_scales = ScaleGranularity::Tensor;
     }
     let name = file
         .get("general.name")
