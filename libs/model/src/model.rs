@@ -42,21 +42,14 @@ pub enum Embedding {
 }
 
 impl Embedding {
-    /// Row `token` as f32.
+    /// Row `token` as f32 (16-bit tables widened with the CPU's conversion instructions).
     fn row_into(&self, token: usize, dim: usize, out: &mut [f32]) {
+        use half::slice::HalfFloatSliceExt;
         let range = token * dim..(token + 1) * dim;
         match self {
             Embedding::F32(v) => out.copy_from_slice(&v[range]),
-            Embedding::F16(v) => {
-                for (o, h) in out.iter_mut().zip(&v[range]) {
-                    *o = h.to_f32();
-                }
-            }
-            Embedding::Bf16(v) => {
-                for (o, h) in out.iter_mut().zip(&v[range]) {
-                    *o = h.to_f32();
-                }
-            }
+            Embedding::F16(v) => crate::vmath::widen_f16(&v[range], out),
+            Embedding::Bf16(v) => v[range].convert_to_f32_slice(out),
         }
     }
 
@@ -69,19 +62,45 @@ impl Embedding {
         }
     }
 
-    /// `logits[t] = Σ_j h_j · E[t, j]` for every token t (the tied or dense LM head).
+    /// `logits[b·V + t] = Σ_j h[b, j] · E[t, j]` for every token t and each row b of `h`
+    /// (`[B, C]`): the tied or dense LM head. Decoding streams the whole table every step, so
+    /// each table row is read once for all B rows, in parallel chunks of rows.
     fn logits(&self, h: &[f32], dim: usize, logits: &mut [f32]) {
         const CHUNK: usize = 256;
-        logits
-            .par_chunks_mut(CHUNK)
-            .enumerate()
-            .for_each(|(chunk, out)| {
+        let batch = h.len() / dim;
+        let vocab = logits.len() / batch.max(1);
+        let chunks: Vec<Vec<f32>> = (0..vocab.div_ceil(CHUNK))
+            .into_par_iter()
+            .map(|chunk| {
+                let tokens = chunk * CHUNK..((chunk + 1) * CHUNK).min(vocab);
                 let mut row = vec![0.0f32; dim];
-                for (i, o) in out.iter_mut().enumerate() {
-                    self.row_into(chunk * CHUNK + i, dim, &mut row);
-                    *o = dot(&row, h);
+                let mut out = Vec::with_capacity(tokens.len() * batch);
+                for token in tokens {
+                    match self {
+                        // One vector (decoding): widened in registers, not through memory.
+                        Embedding::F16(table) if batch == 1 => out.push(crate::vmath::dot_f16(
+                            &table[token * dim..(token + 1) * dim],
+                            h,
+                        )),
+                        _ => {
+                            self.row_into(token, dim, &mut row);
+                            let dots = h
+                                .chunks_exact(dim)
+                                .map(|hb| crate::vmath::dot_fma(&row, hb));
+                            out.extend(dots);
+                        }
+                    }
                 }
-            });
+                out
+            })
+            .collect();
+        for (chunk, values) in chunks.iter().enumerate() {
+            for (i, row) in values.chunks_exact(batch).enumerate() {
+                for (b, &value) in row.iter().enumerate() {
+                    logits[b * vocab + chunk * CHUNK + i] = value;
+                }
+            }
+        }
     }
 }
 
@@ -353,16 +372,8 @@ impl Model {
                 Head::Ternary(w) => {
                     self.gemm(w, &QuantizedBatch::quantize(&normed, c), &mut logits)
                 }
-                Head::Tied => {
-                    for (out, hr) in logits.chunks_exact_mut(v).zip(normed.chunks_exact(c)) {
-                        self.embedding.logits(hr, c, out);
-                    }
-                }
-                Head::Dense(table) => {
-                    for (out, hr) in logits.chunks_exact_mut(v).zip(normed.chunks_exact(c)) {
-                        table.logits(hr, c, out);
-                    }
-                }
+                Head::Tied => self.embedding.logits(&normed, c, &mut logits),
+                Head::Dense(table) => table.logits(&normed, c, &mut logits),
             }
         }
         // Split back per sequence.

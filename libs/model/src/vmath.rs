@@ -46,6 +46,43 @@ pub(crate) fn relu2_rows(gate_up: &[f32], f: usize, out: &mut [f32]) {
     }
 }
 
+/// `Σ a_i · b_i` with AVX2 FMA where the CPU has it (four 8-lane chains), else the portable
+/// eight-lane sum. One function for every caller, so every path gives the same bits.
+pub(crate) fn dot_fma(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "dot_fma: lengths");
+    #[cfg(target_arch = "x86_64")]
+    if x86::usable() {
+        // SAFETY: the CPU has AVX2 and FMA (checked by `usable`); the slices are equally long.
+        return unsafe { x86::dot(a, b) };
+    }
+    crate::attention::dot(a, b)
+}
+
+/// f16 values widened to f32 (exact), eight at a time with F16C where the CPU has it.
+pub(crate) fn widen_f16(a: &[half::f16], out: &mut [f32]) {
+    assert_eq!(a.len(), out.len(), "widen_f16: lengths");
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("f16c") && is_x86_feature_detected!("avx") {
+        // SAFETY: the CPU has AVX and F16C (checked just above); equal lengths.
+        return unsafe { x86::widen_f16(a, out) };
+    }
+    half::slice::HalfFloatSliceExt::convert_to_f32_slice(a, out);
+}
+
+/// [`dot_fma`] of an f16 row (widened exactly) with `b`, without widening the row into memory
+/// first where the CPU converts f16 itself (F16C): the same bits as widening, then `dot_fma`.
+pub(crate) fn dot_f16(a: &[half::f16], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "dot_f16: lengths");
+    #[cfg(target_arch = "x86_64")]
+    if x86::usable() && is_x86_feature_detected!("f16c") {
+        // SAFETY: the CPU has AVX2, FMA and F16C (checked just above); equal lengths.
+        return unsafe { x86::dot_f16(a, b) };
+    }
+    let mut row = vec![0.0f32; a.len()];
+    half::slice::HalfFloatSliceExt::convert_to_f32_slice(a, &mut row);
+    dot_fma(&row, b)
+}
+
 fn silu(g: f32) -> f32 {
     g / (1.0 + (-g).exp())
 }
@@ -105,6 +142,68 @@ pub(crate) mod x86 {
     /// Whether the CPU runs the functions of this module.
     pub(crate) fn usable() -> bool {
         is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    }
+
+    /// [`super::dot_fma`]: four chains of 8 lanes, then the tail in scalar FMAs.
+    ///
+    /// # Safety
+    /// The CPU runs AVX2 and FMA; `b` is at least as long as `a`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let full = a.len() / 32 * 32;
+        for i in (0..full).step_by(32) {
+            for (k, acc) in acc.iter_mut().enumerate() {
+                let (pa, pb) = (a.as_ptr().add(i + 8 * k), b.as_ptr().add(i + 8 * k));
+                *acc = _mm256_fmadd_ps(_mm256_loadu_ps(pa), _mm256_loadu_ps(pb), *acc);
+            }
+        }
+        let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let mut total = horizontal_sum(sum);
+        for i in full..a.len() {
+            total = a[i].mul_add(b[i], total);
+        }
+        total
+    }
+
+    /// [`super::widen_f16`].
+    ///
+    /// # Safety
+    /// The CPU runs AVX and F16C; `out` is as long as `a`.
+    #[target_feature(enable = "avx,f16c")]
+    pub(crate) unsafe fn widen_f16(a: &[half::f16], out: &mut [f32]) {
+        let full = a.len() / 8 * 8;
+        for i in (0..full).step_by(8) {
+            let wide = _mm256_cvtph_ps(_mm_loadu_si128(a.as_ptr().add(i) as *const __m128i));
+            _mm256_storeu_ps(out.as_mut_ptr().add(i), wide);
+        }
+        for i in full..a.len() {
+            out[i] = a[i].to_f32();
+        }
+    }
+
+    /// [`super::dot_f16`]: [`dot`] with each 8 values of `a` widened by `vcvtph2ps` as loaded.
+    ///
+    /// # Safety
+    /// The CPU runs AVX2, FMA and F16C; `b` is at least as long as `a`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(crate) unsafe fn dot_f16(a: &[half::f16], b: &[f32]) -> f32 {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let full = a.len() / 32 * 32;
+        for i in (0..full).step_by(32) {
+            for (k, acc) in acc.iter_mut().enumerate() {
+                let pa = a.as_ptr().add(i + 8 * k) as *const __m128i;
+                let wide = _mm256_cvtph_ps(_mm_loadu_si128(pa));
+                let pb = b.as_ptr().add(i + 8 * k);
+                *acc = _mm256_fmadd_ps(wide, _mm256_loadu_ps(pb), *acc);
+            }
+        }
+        let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let mut total = horizontal_sum(sum);
+        for i in full..a.len() {
+            total = a[i].to_f32().mul_add(b[i], total);
+        }
+        total
     }
 
     /// `e^x` for x ≤ 0 (within 2 ulps down to -87; anything lower, -∞ and NaN included, gives a
@@ -237,6 +336,28 @@ pub(crate) mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_f16_dot_is_widening_then_the_f32_dot_bit_for_bit() {
+        for len in [1, 7, 8, 31, 32, 33, 2560, 2561] {
+            let a: Vec<half::f16> = (0..len)
+                .map(|i| half::f16::from_f32(((i * 37 % 101) as f32 - 50.0) / 7.0))
+                .collect();
+            let b: Vec<f32> = (0..len)
+                .map(|i| ((i * 13 % 29) as f32 - 14.0) / 3.0)
+                .collect();
+            let mut wide = vec![0.0f32; len];
+            widen_f16(&a, &mut wide);
+            assert!(wide.iter().zip(&a).all(|(w, h)| *w == h.to_f32()), "{len}");
+            let expected: f64 = wide.iter().zip(&b).map(|(x, y)| f64::from(x * y)).sum();
+            let (fused, widened) = (dot_f16(&a, &b), dot_fma(&wide, &b));
+            assert_eq!(fused.to_bits(), widened.to_bits(), "{len}");
+            assert!(
+                (f64::from(fused) - expected).abs() < 1e-3 * len as f64,
+                "{len}"
+            );
+        }
+    }
 
     #[cfg(target_arch = "x86_64")]
     #[test]
