@@ -394,6 +394,16 @@ impl Model {
         result
     }
 
+    /// Bytes of a full-precision LM head (the tied embedding or a dense table) that one token's
+    /// logits read; 0 for a ternary head (counted by [`Self::ternary_weight_bytes`]).
+    pub fn head_table_bytes(&self) -> usize {
+        match &self.head {
+            Head::Ternary(_) => 0,
+            Head::Tied => self.embedding.bytes(),
+            Head::Dense(table) => table.bytes(),
+        }
+    }
+
     /// Bytes of planar codes and scales that one token's ternary matrix products read: every
     /// block's matrices and a ternary LM head (what decoding streams from memory per token).
     pub fn ternary_weight_bytes(&self) -> usize {

@@ -81,6 +81,7 @@ pub fn run(options: &BenchOptions) -> Result<serde_json::Value, String> {
     }
 
     let weight_bytes = model.ternary_weight_bytes();
+    let head_bytes = model.head_table_bytes();
     // Concurrent requests through the scheduler, on the global pool (`threads` threads).
     let engine = Engine::start(
         model,
@@ -139,14 +140,18 @@ pub fn run(options: &BenchOptions) -> Result<serde_json::Value, String> {
         kv_bytes as f64 / 1e6,
         64 + options.decode_tokens
     );
-    // Decoding reads every ternary matrix once per token: its speed is bounded by how fast one
-    // core reads memory (measured after the resident-memory figures, the probe's buffer is big).
+    // Decoding reads every ternary matrix (and a full-precision head) once per token: its speed
+    // is bounded by how fast one core reads memory (measured after the resident-memory figures,
+    // the probe's buffer is big).
     let read_bandwidth = ternary::bandwidth::Probe::new().read_bandwidth(1)?;
-    let weight_stream = weight_bytes as f64 * decode_1;
+    let weight_stream = (weight_bytes + head_bytes) as f64 * decode_1;
     eprintln!(
-        "memory roofline: {:.1} MB of ternary weights read per token x {decode_1:.1} tokens/s = \
-         {:.1} GB/s, {:.0}% of this machine's 1-thread read bandwidth ({:.1} GB/s)",
+        "memory roofline: {:.1} MB of weights read per token ({:.1} MB ternary + {:.1} MB \
+         full-precision head) x {decode_1:.1} tokens/s = {:.1} GB/s, {:.0}% of this machine's \
+         1-thread read bandwidth ({:.1} GB/s)",
+        (weight_bytes + head_bytes) as f64 / 1e6,
         weight_bytes as f64 / 1e6,
+        head_bytes as f64 / 1e6,
         weight_stream / 1e9,
         100.0 * weight_stream / read_bandwidth,
         read_bandwidth / 1e9
@@ -188,6 +193,7 @@ pub fn run(options: &BenchOptions) -> Result<serde_json::Value, String> {
         "weight_ops_per_token": ops_per_token,
         "efficiency_1_thread": efficiency,
         "ternary_weight_bytes_per_token": weight_bytes,
+        "head_table_bytes_per_token": head_bytes,
         "read_bandwidth_1_thread_bytes_per_s": read_bandwidth,
         "decode_1_thread_weight_bytes_per_s": weight_stream,
         "rss_bytes": {"start": rss_start, "loaded": rss_loaded, "end": rss_end},
