@@ -243,9 +243,10 @@ impl TensorReader<'_> {
         parts: &[(String, usize)],
         cols: usize,
     ) -> Result<PlanarWeights, String> {
-        let mut codes = Vec::new();
-        let mut scales = Vec::new();
-        let mut rows = 0;
+        // The parts are read from the mapped file as they are (scales borrowed where aligned):
+        // copying them first left the process larger after loading, glibc keeping the freed
+        // copies (a 1.44 B TQ2_0 import: 784.5 MB resident after loading, 753.7 without them).
+        let mut found = Vec::with_capacity(parts.len());
         for (name, part_rows) in parts {
             self.expected.borrow_mut().insert(name.clone());
             self.expected
@@ -260,10 +261,13 @@ impl TensorReader<'_> {
                     pair.codes.info.shape()
                 ));
             }
-            codes.extend_from_slice(pair.codes.data);
-            scales.extend_from_slice(&pair.scales.f32_values().expect("checked F32"));
-            rows += part_rows;
+            let scales = pair.scales.f32_values().expect("checked F32");
+            found.push((*part_rows, pair.codes.data, scales));
         }
+        let stacked: Vec<(usize, &[u8], &[f32])> = found
+            .iter()
+            .map(|(rows, codes, scales)| (*rows, *codes, scales.as_ref()))
+            .collect();
         let names: Vec<&str> = parts.iter().map(|(n, _)| n.as_str()).collect();
         // Scales that the model's granularity says are shared are stored once (planar.rs): the
         // same results from fewer bytes, and an error if the file's scales are not that uniform.
@@ -272,7 +276,7 @@ impl TensorReader<'_> {
             ScaleGranularity::Block256 => 1,
             ScaleGranularity::Tensor => ternary::planar::ROW_SCALE_SHIFT,
         };
-        PlanarWeights::from_packed(rows, cols, &codes, &scales)
+        PlanarWeights::from_packed_parts(cols, &stacked)
             .and_then(|w| w.share_scales(shift))
             .map(|w| w.into_layout(self.kernel.code_layout()))
             .map_err(|e| format!("ternary weight {}: {e}", names.join(" + ")))

@@ -232,15 +232,19 @@ impl PlanarWeights {
     }
 
     fn set_scales(&mut self, scales: &[f32]) -> Result<(), PlanarError> {
-        check_len(
-            "scales",
-            self.rows,
-            self.cols,
-            self.rows * self.groups,
-            scales.len(),
-        )?;
+        self.set_scales_of_rows(0, self.rows, scales)
+    }
+
+    /// The scales of rows `first..first + rows` from row-major `[rows, groups]` values.
+    fn set_scales_of_rows(
+        &mut self,
+        first: usize,
+        rows: usize,
+        scales: &[f32],
+    ) -> Result<(), PlanarError> {
+        check_len("scales", rows, self.cols, rows * self.groups, scales.len())?;
         for (i, &value) in scales.iter().enumerate() {
-            let (row, group) = (i / self.groups, i % self.groups);
+            let (row, group) = (first + i / self.groups, i % self.groups);
             if !(value.is_finite() && value >= 0.0) {
                 return Err(PlanarError::BadScale {
                     row,
@@ -335,20 +339,34 @@ impl PlanarWeights {
         packed: &[u8],
         scales: &[f32],
     ) -> Result<Self, PlanarError> {
+        Self::from_packed_parts(cols, &[(rows, packed, scales)])
+    }
+
+    /// Matrices of `cols` columns in the file form, `(rows, packed codes, scales)` each, stacked
+    /// row-wise in order (q, k, v into one matrix): built in place, with no copy of the parts.
+    pub fn from_packed_parts(
+        cols: usize,
+        parts: &[(usize, &[u8], &[f32])],
+    ) -> Result<Self, PlanarError> {
+        let rows = parts.iter().map(|(rows, ..)| rows).sum();
         let mut w = Self::zeroed(rows, cols)?;
         let row_bytes = trit::packed_len(cols);
-        check_len(
-            "packed codes (bytes)",
-            rows,
-            cols,
-            rows * row_bytes,
-            packed.len(),
-        )?;
-        w.set_scales(scales)?;
-        for (row, row_codes) in packed.chunks(row_bytes).enumerate() {
-            for j in 0..cols {
-                w.put_code(row, j, trit::packed_code(row_codes, j));
+        let mut first = 0;
+        for &(part_rows, packed, scales) in parts {
+            check_len(
+                "packed codes (bytes)",
+                part_rows,
+                cols,
+                part_rows * row_bytes,
+                packed.len(),
+            )?;
+            w.set_scales_of_rows(first, part_rows, scales)?;
+            for (row, row_codes) in packed.chunks(row_bytes).enumerate() {
+                for j in 0..cols {
+                    w.put_code(first + row, j, trit::packed_code(row_codes, j));
+                }
             }
+            first += part_rows;
         }
         Ok(w)
     }
