@@ -65,12 +65,14 @@ pub struct ChatSpec {
 
 /// How chats become tokens.
 enum ChatFormat {
-    /// The project's own special tokens.
+    /// The project's own special tokens, and the tokenizer again with special-token strings
+    /// encoded as plain text (message content).
     Native {
         system: u32,
         user: u32,
         assistant: u32,
         end: u32,
+        literal: Box<tokenizers::Tokenizer>,
     },
     /// A model's own Jinja template, with the texts of its BOS and EOS tokens.
     Template {
@@ -90,8 +92,6 @@ pub struct ChatMessage {
 /// A loaded tokenizer with its special token ids.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
-    /// The same tokenizer with special-token strings encoded as plain text (chat content).
-    literal: tokenizers::Tokenizer,
     json: String,
     end_of_text: u32,
     stop: Vec<u32>,
@@ -118,11 +118,14 @@ impl Tokenizer {
                 .ok_or(TokenizerError::MissingSpecial(token))
         };
         let (end_of_text, end) = (id(END_OF_TEXT)?, id(END)?);
+        let mut literal = inner.clone();
+        literal.set_encode_special_tokens(true);
         let chat = ChatFormat::Native {
             system: id(SYSTEM)?,
             user: id(USER)?,
             assistant: id(ASSISTANT)?,
             end,
+            literal: Box::new(literal),
         };
         Ok(Self::assemble(
             inner,
@@ -177,11 +180,8 @@ impl Tokenizer {
         stop: Vec<u32>,
         chat: ChatFormat,
     ) -> Self {
-        let mut literal = inner.clone();
-        literal.set_encode_special_tokens(true);
         Tokenizer {
             inner,
-            literal,
             json: json.to_string(),
             end_of_text,
             stop,
@@ -259,13 +259,14 @@ impl Tokenizer {
     /// The prompt of a chat (see the module docs), ending with `<|assistant|>` so the model writes
     /// the assistant's reply.
     pub fn encode_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, TokenizerError> {
-        let (system, user, assistant, end) = match &self.chat {
+        let (system, user, assistant, end, literal) = match &self.chat {
             ChatFormat::Native {
                 system,
                 user,
                 assistant,
                 end,
-            } => (*system, *user, *assistant, *end),
+                literal,
+            } => (*system, *user, *assistant, *end, literal),
             ChatFormat::Template {
                 spec,
                 bos_text,
@@ -284,8 +285,7 @@ impl Tokenizer {
                 other => return Err(TokenizerError::UnknownRole(other.to_string())),
             };
             ids.push(role);
-            let content = self
-                .literal
+            let content = literal
                 .encode_fast(m.content.as_str(), false)
                 .map_err(|e| TokenizerError::Codec(e.to_string()))?;
             ids.extend(content.get_ids());
