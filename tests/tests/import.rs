@@ -131,17 +131,24 @@ fn worst_relative_gap(ours: &[Vec<f32>], theirs: &Json) -> f64 {
 fn llama_cpp_tq_files_import_bit_for_bit_and_run_like_the_reference() {
     let dir = tempfile::tempdir().unwrap();
     // TQ1_0 with one scale per matrix in every block, as llama.cpp's conversion of a BitNet model
-    // gives: imported with that granularity (stored in fewer bytes at load).
-    for (ggml_type, tied) in [("TQ2_0", false), ("TQ1_0", true)] {
-        let source_dir = dir.path().join(ggml_type);
+    // gives: imported with that granularity (stored in fewer bytes at load); and llama.cpp's
+    // bitnet architecture (sub-layer norms, rotate-half RoPE, tied).
+    for (ggml_type, tied, arch) in [
+        ("TQ2_0", false, "llama"),
+        ("TQ1_0", true, "llama"),
+        ("TQ2_0", true, "bitnet"),
+    ] {
+        let source_dir = dir.path().join(format!("{arch}-{ggml_type}"));
         let source_dir = source_dir.to_str().unwrap();
-        let mut args = vec!["write", "--type", ggml_type, "--out", source_dir];
-        if tied {
+        let mut args = vec![
+            "write", "--type", ggml_type, "--out", source_dir, "--arch", arch,
+        ];
+        if tied && arch == "llama" {
             args.extend(["--tied", "--per-tensor-scales"]);
         }
         tq_script(&args);
         let source = format!("{source_dir}/model.gguf");
-        let ours = dir.path().join(format!("{ggml_type}.gguf"));
+        let ours = dir.path().join(format!("{arch}-{ggml_type}.gguf"));
         quantize_export()
             .args(["--gguf", &source, "--out", ours.to_str().unwrap(), "--json"])
             .assert()
@@ -163,11 +170,12 @@ fn llama_cpp_tq_files_import_bit_for_bit_and_run_like_the_reference() {
 
         let (model, tokenizer) = Model::load(&ours, None).unwrap();
         assert_eq!(model.config.tied_embeddings, tied);
-        let granularity = match tied {
+        let granularity = match tied && arch == "llama" {
             true => model::ScaleGranularity::Tensor,
             false => model::ScaleGranularity::Block256,
         };
         assert_eq!(model.config.variant.weight_scales, granularity);
+        assert_eq!(model.config.variant.sub_norms, arch == "bitnet");
         let reference = read_json(&Path::new(source_dir).join("reference.json"));
         for prompt in reference["prompts"].as_array().unwrap() {
             let tokens = ids(&prompt["tokens"]);
@@ -191,7 +199,7 @@ fn llama_cpp_tq_files_import_bit_for_bit_and_run_like_the_reference() {
                 "{ggml_type}"
             );
         }
-        if ggml_type == "TQ2_0" {
+        if (ggml_type, arch) == ("TQ2_0", "llama") {
             the_tools_run_it_with_no_other_flags(&ours);
         }
         // The file's own chat template and BOS.

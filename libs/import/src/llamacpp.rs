@@ -1,9 +1,12 @@
-//! A llama.cpp GGUF file of architecture `llama` whose weight matrices are TQ1_0 or TQ2_0.
+//! A llama.cpp GGUF file of architecture `llama` or `bitnet` whose weight matrices are TQ1_0 or
+//! TQ2_0.
 //!
 //! Tensor names are llama.cpp's, which are this project's too. Every ternary matrix keeps its
 //! trits and its f16 block scales (one per 256 weights of a row, repeated onto the two groups of
-//! 128 it covers); q and k rows are reordered from llama.cpp's interleaved RoPE layout to the
-//! rotate-half one ([`crate::rotate_half_source_row`]), which moves rows whole, blocks included.
+//! 128 it covers). `llama` rotates pairs (2i, 2i+1) in RoPE: its q and k rows are reordered to
+//! the rotate-half layout ([`crate::rotate_half_source_row`]), which moves rows whole, blocks
+//! included. `bitnet` (llama.cpp's BitNet b1.58 graph) already rotates halves, has BitNet's
+//! sub-layer norms with a SiLU-gated FFN, and always uses the embedding as its output.
 //! The embedding and an untied output head stay in their type (F32, F16 or BF16; both F32 if
 //! they differ); an output head in TQ1_0/TQ2_0 stays ternary. Any other type is refused by name.
 
@@ -18,7 +21,7 @@ use model::{FfnActivation, ModelConfig, ScaleGranularity, Variant};
 use crate::{planar_from_blocks, rotate_half_source_row, ImportError, Imported};
 
 /// Architectures read.
-const ARCHITECTURES: [&str; 1] = ["llama"];
+const ARCHITECTURES: [&str; 2] = ["llama", "bitnet"];
 
 /// Reads `path`.
 pub fn import(path: &Path) -> Result<Imported, ImportError> {
@@ -72,11 +75,30 @@ pub fn import(path: &Path) -> Result<Imported, ImportError> {
 
     let dim = required("embedding_length")?;
     let n_heads = required("attention.head_count")?;
+    let bitnet = arch == "bitnet";
     let embd = file
         .tensor("token_embd.weight")
         .ok_or_else(|| invalid("tensor \"token_embd.weight\" is missing".into()))?;
     let vocab_size = embd.info.shape()[0] as usize;
     let output = file.tensor("output.weight");
+    if bitnet && output.is_some() {
+        return Err(invalid(
+            "tensor \"output.weight\": llama.cpp's bitnet reads its output from the embedding, \
+             so the file should not have one"
+                .into(),
+        ));
+    }
+    if let Some(t) = file
+        .tensor_infos()
+        .iter()
+        .find(|t| t.name().ends_with(".scale"))
+    {
+        return Err(unsupported(format!(
+            "tensor {:?}: separate per-matrix scale tensors are not supported (TQ1_0/TQ2_0 \
+             blocks carry their scales)",
+            t.name()
+        )));
+    }
     let ternary_head = output.is_some_and(|t| tq::is_ternary_type(t.info.ggml_type()));
     let config = ModelConfig {
         vocab_size,
@@ -93,7 +115,7 @@ pub fn import(path: &Path) -> Result<Imported, ImportError> {
         moe: None,
         variant: Variant {
             ffn_activation: FfnActivation::Swiglu,
-            sub_norms: false,
+            sub_norms: bitnet,
             dense_head: output.is_some() && !ternary_head,
             weight_scales: ScaleGranularity::Block256,
         },
@@ -146,7 +168,7 @@ pub fn import(path: &Path) -> Result<Imported, ImportError> {
             let (rows, cols) = (decoded.rows, decoded.cols);
             let first = decoded.block_scales[0].to_bits();
             one_scale_per_matrix &= decoded.block_scales.iter().all(|s| s.to_bits() == first);
-            let (trits, scales) = if is_rope_projection(name) {
+            let (trits, scales) = if !bitnet && is_rope_projection(name) {
                 let source = |row| rotate_half_source_row(row, head_dim);
                 (
                     crate::permute_rows(&decoded.trits, cols, source),

@@ -42,7 +42,8 @@ tokenizer_config.json): model_type bitnet with packed 2-bit weights (BitLinear o
 or bf16/f32 master weights (quantized with BitNet's rule, absmean per tensor), or model_type llama
 whose weights are ternary already. --gguf reads a llama.cpp file of architecture llama with TQ1_0
 or TQ2_0 matrices, every trit and block scale kept, its tokenizer.ggml.* vocabulary (gpt2 BPE)
-rebuilt into tokenizer.json. Both keep the source's chat template and BOS/EOS tokens, and its
+rebuilt into tokenizer.json (architecture bitnet too: sub-layer norms, output from the
+embedding). Both keep the source's chat template and BOS/EOS tokens, and its
 embedding type (F32, F16 or BF16).
 
 Each weight matrix of a checkpoint is quantized per group of 128 weights along its rows (s = mean |w|,
