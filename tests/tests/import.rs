@@ -464,3 +464,52 @@ fn bad_imports_exit_2_naming_the_problem_and_write_nothing() {
     );
     assert!(!out.exists());
 }
+
+/// Runs a fixture script with the venv's Python; panics with its stderr on failure, else its
+/// stdout.
+fn fixture_script(script: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(cross_tool_tests::python())
+        .arg(fixtures().join(script))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "python cannot run ({e}): {}",
+                cross_tool_tests::PYTHON_SETUP
+            )
+        });
+    assert!(
+        out.status.success(),
+        "{script} {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn a_sentencepiece_vocabulary_tokenizes_as_sentencepiece_does() {
+    // A SentencePiece BPE model (byte fallback) trained by the sentencepiece package, written
+    // into a llama.cpp file as its converter does; our rebuilt tokenizer.json must give the same
+    // ids for every text and decode them back.
+    let dir = tempfile::tempdir().unwrap();
+    let source_dir = dir.path().join("spm");
+    fixture_script("spm_vocab.py", &["--out", source_dir.to_str().unwrap()]);
+    let ours = dir.path().join("spm.gguf");
+    quantize_export()
+        .arg("--gguf")
+        .arg(source_dir.join("model.gguf"))
+        .arg("--out")
+        .arg(&ours)
+        .assert()
+        .success();
+    let (_, tokenizer) = Model::load(&ours, None).unwrap();
+    let reference = read_json(&source_dir.join("reference.json"));
+    for case in reference["texts"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let ids = tokenizer.encode(text).unwrap();
+        assert_eq!(ids, self::ids(&case["ids"]), "{text:?}");
+        assert_eq!(tokenizer.decode(&ids).unwrap(), text);
+        let bos = reference["bos"].as_u64().unwrap() as u32;
+        assert_eq!(tokenizer.encode_prompt(text).unwrap()[0], bos);
+    }
+}

@@ -1,11 +1,18 @@
 //! A GGUF file's `tokenizer.ggml.*` arrays rebuilt into a Hugging Face `tokenizer.json`.
 //!
-//! Supported: `tokenizer.ggml.model = "gpt2"` (byte-level BPE: `tokens`, `merges`, `token_type`)
-//! with the pre-tokenizers `llama-bpe` (Llama 3's split pattern, merges ignored for whole-word
-//! vocabulary hits, as its own tokenizer.json says) and `default` / `gpt-2` (GPT-2's pattern).
-//! Control tokens (type 3) become special added tokens, user-defined ones (type 4) plain added
-//! tokens; the rest form the BPE vocabulary. Other models (`llama`: SentencePiece) and other
-//! pre-tokenizers are refused by name.
+//! Supported:
+//! - `tokenizer.ggml.model = "gpt2"` (byte-level BPE: `tokens`, `merges`, `token_type`) with the
+//!   pre-tokenizers `llama-bpe` (Llama 3's split pattern, merges ignored for whole-word
+//!   vocabulary hits, as its own tokenizer.json says) and `default` / `gpt-2` (GPT-2's pattern).
+//!   Control tokens (type 3) become special added tokens, user-defined ones (type 4) plain added
+//!   tokens; the rest form the BPE vocabulary.
+//! - `tokenizer.ggml.model = "llama"` (SentencePiece BPE, as Llama 2 has: `tokens`, `scores`,
+//!   `token_type`): spaces become `▁` after a leading one (`add_space_prefix`, default on), bytes
+//!   without a piece fall back to the `<0xNN>` tokens, and the merges are rebuilt from the
+//!   scores: every split of a piece into two pieces, ranked by the piece's score (highest
+//!   first; SentencePiece merges the best-scoring pair first).
+//!
+//! Other models and other pre-tokenizers are refused by name.
 
 use gguf::{Array, Gguf, Value};
 use serde_json::{json, Map, Value as Json};
@@ -32,10 +39,15 @@ pub fn tokenizer_json<B: AsRef<[u8]>>(file: &Gguf<B>) -> Result<String, VocabErr
     let model = string("tokenizer.ggml.model").ok_or_else(|| {
         VocabError::Invalid("no tokenizer.ggml.model: the file carries no tokenizer".into())
     })?;
-    if model != "gpt2" {
-        return Err(VocabError::Unsupported(format!(
-            "tokenizer.ggml.model {model:?} is not supported (only \"gpt2\", byte-level BPE)"
-        )));
+    match model {
+        "gpt2" => {}
+        "llama" => return sentencepiece_json(file),
+        other => {
+            return Err(VocabError::Unsupported(format!(
+                "tokenizer.ggml.model {other:?} is not supported (supported: \"gpt2\", byte-level \
+                 BPE, and \"llama\", SentencePiece BPE)"
+            )))
+        }
     }
     let pre = string("tokenizer.ggml.pre").unwrap_or("default");
     let (pre_tokenizer, ignore_merges) = match pre {
@@ -59,24 +71,7 @@ pub fn tokenizer_json<B: AsRef<[u8]>>(file: &Gguf<B>) -> Result<String, VocabErr
             )))
         }
     };
-    let tokens = match file.get("tokenizer.ggml.tokens") {
-        Some(Value::Array(Array::String(tokens))) => tokens,
-        _ => {
-            return Err(VocabError::Invalid(
-                "tokenizer.ggml.tokens is missing or not an array of strings".into(),
-            ))
-        }
-    };
-    let types: Vec<i32> = match file.get("tokenizer.ggml.token_type") {
-        None => vec![1; tokens.len()],
-        Some(Value::Array(Array::I32(types))) if types.len() == tokens.len() => types.clone(),
-        Some(_) => {
-            return Err(VocabError::Invalid(format!(
-                "tokenizer.ggml.token_type is not an array of {} i32",
-                tokens.len()
-            )))
-        }
-    };
+    let (tokens, types) = tokens_and_types(file)?;
     let merges = match file.get("tokenizer.ggml.merges") {
         Some(Value::Array(Array::String(merges))) => merges.clone(),
         None => Vec::new(),
@@ -115,9 +110,126 @@ pub fn tokenizer_json<B: AsRef<[u8]>>(file: &Gguf<B>) -> Result<String, VocabErr
                   "vocab": Json::Object(vocab), "merges": merges}
     })
     .to_string();
-    // The document must load as every tool will load it.
+    checked(document)
+}
+
+/// The document, if it loads as every tool will load it.
+fn checked(document: String) -> Result<String, VocabError> {
     document
         .parse::<tokenizers::Tokenizer>()
         .map_err(|e| VocabError::Invalid(format!("the rebuilt tokenizer does not load: {e}")))?;
     Ok(document)
+}
+
+/// `tokenizer.ggml.tokens` and `tokenizer.ggml.token_type` (all normal when absent).
+fn tokens_and_types<B: AsRef<[u8]>>(file: &Gguf<B>) -> Result<(&[String], Vec<i32>), VocabError> {
+    let tokens = match file.get("tokenizer.ggml.tokens") {
+        Some(Value::Array(Array::String(tokens))) => tokens,
+        _ => {
+            return Err(VocabError::Invalid(
+                "tokenizer.ggml.tokens is missing or not an array of strings".into(),
+            ))
+        }
+    };
+    let types = match file.get("tokenizer.ggml.token_type") {
+        None => vec![1; tokens.len()],
+        Some(Value::Array(Array::I32(types))) if types.len() == tokens.len() => types.clone(),
+        Some(_) => {
+            return Err(VocabError::Invalid(format!(
+                "tokenizer.ggml.token_type is not an array of {} i32",
+                tokens.len()
+            )))
+        }
+    };
+    Ok((tokens, types))
+}
+
+/// Token type of an unknown-token piece (llama.cpp's `llama_token_type`).
+const UNKNOWN: i32 = 2;
+
+/// The SentencePiece BPE vocabulary (`tokenizer.ggml.model = "llama"`) as a tokenizer.json.
+fn sentencepiece_json<B: AsRef<[u8]>>(file: &Gguf<B>) -> Result<String, VocabError> {
+    let (tokens, types) = tokens_and_types(file)?;
+    let scores = match file.get("tokenizer.ggml.scores") {
+        Some(Value::Array(Array::F32(scores))) if scores.len() == tokens.len() => scores,
+        _ => {
+            return Err(VocabError::Invalid(format!(
+                "tokenizer.ggml.scores is missing or not an array of {} f32",
+                tokens.len()
+            )))
+        }
+    };
+    let space_prefix = !matches!(
+        file.get("tokenizer.ggml.add_space_prefix"),
+        Some(Value::Bool(false))
+    );
+    let ids: std::collections::HashMap<&str, usize> = tokens
+        .iter()
+        .enumerate()
+        .map(|(id, t)| (t.as_str(), id))
+        .collect();
+    // Every split of a normal piece into two pieces, the pairs of one piece by their ids, then
+    // all of them by the merged piece's score, best first (a stable sort keeps the rest).
+    let mut merges: Vec<(f32, &str, &str)> = Vec::new();
+    for (token, (&kind, &score)) in tokens.iter().zip(types.iter().zip(scores.iter())) {
+        if kind != 1 {
+            continue;
+        }
+        let mut splits: Vec<(usize, usize, &str, &str)> = token
+            .char_indices()
+            .skip(1)
+            .filter_map(|(at, _)| {
+                let (left, right) = token.split_at(at);
+                Some((*ids.get(left)?, *ids.get(right)?, left, right))
+            })
+            .collect();
+        splits.sort_unstable();
+        merges.extend(splits.into_iter().map(|(_, _, l, r)| (score, l, r)));
+    }
+    merges.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let merges: Vec<Json> = merges.iter().map(|(_, l, r)| json!([l, r])).collect();
+    let mut vocab = Map::new();
+    let mut added = Vec::new();
+    let mut unk = None;
+    for (id, (token, &kind)) in tokens.iter().zip(&types).enumerate() {
+        vocab.insert(token.clone(), json!(id));
+        if kind == UNKNOWN {
+            unk.get_or_insert(token.clone());
+        }
+        if kind == CONTROL || kind == UNKNOWN || kind == USER_DEFINED {
+            added.push(json!({"id": id, "content": token, "single_word": false,
+                              "lstrip": false, "rstrip": false, "normalized": false,
+                              "special": kind != USER_DEFINED}));
+        }
+    }
+    let mut normalizers = Vec::new();
+    if space_prefix {
+        normalizers.push(json!({"type": "Prepend", "prepend": "\u{2581}"}));
+    }
+    normalizers.push(json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"}));
+    let mut decoders = vec![
+        json!({"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "}),
+        json!({"type": "ByteFallback"}),
+        json!({"type": "Fuse"}),
+    ];
+    if space_prefix {
+        decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
+    }
+    checked(
+        json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": added,
+            "normalizer": {"type": "Sequence", "normalizers": normalizers},
+            "pre_tokenizer": null,
+            "post_processor": null,
+            "decoder": {"type": "Sequence", "decoders": decoders},
+            "model": {"type": "BPE", "dropout": null, "unk_token": unk,
+                      "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                      "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
+                      "vocab": Json::Object(vocab), "merges": merges}
+        })
+        .to_string(),
+    )
 }

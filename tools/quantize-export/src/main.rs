@@ -40,11 +40,11 @@ Importing a ternary model made elsewhere (the rest of the pipeline then runs it 
 --hf reads a Hugging Face folder (config.json, *.safetensors, tokenizer.json,
 tokenizer_config.json): model_type bitnet with packed 2-bit weights (BitLinear or AutoBitLinear)
 or bf16/f32 master weights (quantized with BitNet's rule, absmean per tensor), or model_type llama
-whose weights are ternary already. --gguf reads a llama.cpp file of architecture llama with TQ1_0
-or TQ2_0 matrices, every trit and block scale kept, its tokenizer.ggml.* vocabulary (gpt2 BPE)
-rebuilt into tokenizer.json (architecture bitnet too: sub-layer norms, output from the
-embedding). Both keep the source's chat template and BOS/EOS tokens, and its
-embedding type (F32, F16 or BF16).
+whose weights are ternary already. --gguf reads a llama.cpp file of architecture llama or bitnet
+(sub-layer norms, output from the embedding) with TQ1_0 or TQ2_0 matrices, every trit and block
+scale kept, its tokenizer.ggml.* vocabulary (gpt2 BPE or SentencePiece) rebuilt into
+tokenizer.json. Both keep the source's chat template and BOS/EOS tokens, and its embedding type
+(F32, F16 or BF16).
 
 Each weight matrix of a checkpoint is quantized per group of 128 weights along its rows (s = mean |w|,
 q = clamp(round(w / s), -1, 1)), the quantization training's straight-through estimator applies,
