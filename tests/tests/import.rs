@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
 use model::{Logits, Model, SeqInput};
-use serde_json::Value as Json;
+use serde_json::{json, Value as Json};
 
 fn quantize_export() -> Command {
     Command::cargo_bin("quantize-export").expect("quantize-export is built")
@@ -512,4 +512,129 @@ fn a_sentencepiece_vocabulary_tokenizes_as_sentencepiece_does() {
         let bos = reference["bos"].as_u64().unwrap() as u32;
         assert_eq!(tokenizer.encode_prompt(text).unwrap()[0], bos);
     }
+}
+
+/// The master BitNet fixture turned into a Llama folder whose projections hold ternary values
+/// (`a · t`, a different `a` per matrix, stored F32) and whose head is its own BF16 matrix:
+/// returns the folder and, by GGUF name, each projection's values.
+fn ternary_llama_folder(dir: &Path) -> (PathBuf, Vec<(String, usize, usize, Vec<f32>)>) {
+    let folder = copy_fixture(dir);
+    let master = fixtures().join("bitnet-tiny/master/model.safetensors");
+    std::fs::copy(&master, folder.join("model.safetensors")).unwrap();
+    let mut config = read_json(&folder.join("config.json"));
+    config["model_type"] = json!("llama");
+    config["architectures"] = json!(["LlamaForCausalLM"]);
+    config["hidden_act"] = json!("silu");
+    config["tie_word_embeddings"] = json!(false);
+    config
+        .as_object_mut()
+        .unwrap()
+        .remove("quantization_config");
+    std::fs::write(folder.join("config.json"), config.to_string()).unwrap();
+    let expected = std::cell::RefCell::new(Vec::new());
+    edit_safetensors(&folder, |tensors| {
+        tensors.retain(|(name, ..)| !name.contains("sub_norm"));
+        let embedding = tensors
+            .iter()
+            .find(|(name, ..)| name == "model.embed_tokens.weight")
+            .unwrap()
+            .clone();
+        tensors.push((
+            "lm_head.weight".into(),
+            embedding.1,
+            embedding.2,
+            embedding.3,
+        ));
+        let projections = [
+            ("self_attn.q_proj", "attn_q"),
+            ("self_attn.k_proj", "attn_k"),
+            ("self_attn.v_proj", "attn_v"),
+            ("self_attn.o_proj", "attn_output"),
+            ("mlp.gate_proj", "ffn_gate"),
+            ("mlp.up_proj", "ffn_up"),
+            ("mlp.down_proj", "ffn_down"),
+        ];
+        for (index, (name, dtype, shape, data)) in tensors.iter_mut().enumerate() {
+            let Some((layer, ours)) = projections.iter().find_map(|(theirs, ours)| {
+                let layer = name.strip_prefix("model.layers.")?.split('.').next()?;
+                name.ends_with(&format!("{theirs}.weight"))
+                    .then(|| (layer.to_string(), *ours))
+            }) else {
+                continue;
+            };
+            let magnitude = 0.03125 * (1 + index % 5) as f32;
+            let values: Vec<f32> = (0..shape[0] * shape[1])
+                .map(|i| magnitude * ((i * 7 + index) % 3) as f32 - magnitude)
+                .collect();
+            *dtype = safetensors::Dtype::F32;
+            *data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let gguf_name = format!("blk.{layer}.{ours}.weight");
+            expected
+                .borrow_mut()
+                .push((gguf_name, shape[0], shape[1], values));
+        }
+    });
+    (folder, expected.into_inner())
+}
+
+#[test]
+fn a_llama_folder_with_ternary_weights_imports_exactly_and_refuses_other_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let (folder, expected) = ternary_llama_folder(&dir.path().join("ok"));
+    assert_eq!(expected.len(), 14);
+    let out = dir.path().join("llama.gguf");
+    quantize_export()
+        .arg("--hf")
+        .arg(&folder)
+        .args(["--out", out.to_str().unwrap()])
+        .assert()
+        .success();
+    let file = gguf::GgufFile::open(&out).unwrap();
+    for (name, rows, cols, values) in &expected {
+        let w = gguf::read_ternary(&file, name, *rows, *cols).unwrap();
+        for (row, source) in values.chunks_exact(*cols).enumerate() {
+            assert_eq!(&w.dequantize_row(row), source, "{name} row {row}");
+        }
+    }
+    let (model, _) = Model::load(&out, None).unwrap();
+    assert!(model.config.variant.dense_head && !model.config.variant.sub_norms);
+    assert_eq!(
+        model.config.variant.weight_scales,
+        model::ScaleGranularity::Tensor
+    );
+    // The dense BF16 head runs: a completion through serve.
+    Command::cargo_bin("serve")
+        .unwrap()
+        .args([
+            "--model",
+            out.to_str().unwrap(),
+            "--prompt",
+            "fn",
+            "--max-tokens",
+            "4",
+        ])
+        .assert()
+        .success();
+
+    // One value that is neither 0 nor ± the magnitude: refused, naming the tensor and index.
+    let (bad, _) = ternary_llama_folder(&dir.path().join("bad"));
+    edit_safetensors(&bad, |tensors| {
+        let (_, _, _, data) = tensors
+            .iter_mut()
+            .find(|(name, ..)| name == "model.layers.0.mlp.up_proj.weight")
+            .unwrap();
+        let half = f32::from_le_bytes(data[12..16].try_into().unwrap()) * 0.5;
+        data[12..16].copy_from_slice(&(if half == 0.0 { 0.01f32 } else { half }).to_le_bytes());
+    });
+    let assert = quantize_export()
+        .arg("--hf")
+        .arg(&bad)
+        .args(["--out", dir.path().join("bad.gguf").to_str().unwrap()])
+        .assert()
+        .code(2);
+    let stderr = String::from_utf8_lossy(&assert.get_output().stderr).into_owned();
+    assert!(
+        stderr.contains("model.layers.0.mlp.up_proj.weight") && stderr.contains("index 3"),
+        "{stderr}"
+    );
 }
