@@ -514,10 +514,13 @@ fn a_sentencepiece_vocabulary_tokenizes_as_sentencepiece_does() {
     }
 }
 
+/// A projection's GGUF name, rows, columns and values.
+type Projection = (String, usize, usize, Vec<f32>);
+
 /// The master BitNet fixture turned into a Llama folder whose projections hold ternary values
 /// (`a · t`, a different `a` per matrix, stored F32) and whose head is its own BF16 matrix:
 /// returns the folder and, by GGUF name, each projection's values.
-fn ternary_llama_folder(dir: &Path) -> (PathBuf, Vec<(String, usize, usize, Vec<f32>)>) {
+fn ternary_llama_folder(dir: &Path) -> (PathBuf, Vec<Projection>) {
     let folder = copy_fixture(dir);
     let master = fixtures().join("bitnet-tiny/master/model.safetensors");
     std::fs::copy(&master, folder.join("model.safetensors")).unwrap();
