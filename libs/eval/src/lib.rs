@@ -10,6 +10,7 @@
 //! [`evaluate`] runs them in that order and returns every sample's verdict and the summary.
 //! No printing, no exiting: eval-compile and maxrl decide that.
 
+pub mod braces;
 pub mod check;
 pub mod extract;
 pub mod generate;

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::extract::open_braces;
+use crate::braces::open_braces;
 
 /// One task of a prompt set.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]

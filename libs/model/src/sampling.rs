@@ -3,9 +3,35 @@
 //!
 //! The random stream is [`SplitMix64`], so a seed gives the same tokens everywhere.
 
-use crate::engine::SamplingParams;
 use crate::rng::SplitMix64;
 use crate::vmath;
+
+/// How the next token is chosen.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SamplingParams {
+    /// 0 = greedy (argmax); otherwise logits are divided by it before the softmax.
+    pub temperature: f32,
+    /// Keep only the k most likely tokens (0 = all).
+    pub top_k: usize,
+    /// Keep the smallest set of most likely tokens whose probability reaches top_p (1 = all).
+    pub top_p: f32,
+    /// > 1 discourages tokens already in the prompt or the completion (1 = off).
+    pub repetition_penalty: f32,
+    /// Seed of this request's random stream.
+    pub seed: u64,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            repetition_penalty: 1.0,
+            seed: 0,
+        }
+    }
+}
 
 /// The sampler of one request.
 #[derive(Clone, Debug)]
