@@ -77,11 +77,21 @@ impl Embedding {
                 let mut out = Vec::with_capacity(tokens.len() * batch);
                 for token in tokens {
                     match self {
-                        // One vector (decoding): widened in registers, not through memory.
-                        Embedding::F16(table) if batch == 1 => out.push(crate::vmath::dot_f16(
-                            &table[token * dim..(token + 1) * dim],
-                            h,
-                        )),
+                        // f16 (the usual table): widened in registers, not through memory, for
+                        // two vectors at a time.
+                        Embedding::F16(table) => {
+                            let row = &table[token * dim..(token + 1) * dim];
+                            let mut vectors = h.chunks_exact(dim);
+                            while let Some(first) = vectors.next() {
+                                match vectors.next() {
+                                    Some(second) => {
+                                        let (a, b) = crate::vmath::dot_f16_pair(row, first, second);
+                                        out.extend([a, b]);
+                                    }
+                                    None => out.push(crate::vmath::dot_f16(row, first)),
+                                }
+                            }
+                        }
                         _ => {
                             self.row_into(token, dim, &mut row);
                             let dots = h

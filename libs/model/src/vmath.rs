@@ -58,6 +58,21 @@ pub(crate) fn dot_fma(a: &[f32], b: &[f32]) -> f32 {
     crate::attention::dot(a, b)
 }
 
+/// [`dot_f16`] of one f16 row with two vectors at once (each table value widened once): the
+/// same bits as two calls.
+pub(crate) fn dot_f16_pair(a: &[half::f16], b0: &[f32], b1: &[f32]) -> (f32, f32) {
+    assert!(
+        a.len() == b0.len() && a.len() == b1.len(),
+        "dot_f16_pair: lengths"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if x86::usable() && is_x86_feature_detected!("f16c") {
+        // SAFETY: the CPU has AVX2, FMA and F16C (checked just above); equal lengths.
+        return unsafe { x86::dot_f16_pair(a, b0, b1) };
+    }
+    (dot_f16(a, b0), dot_f16(a, b1))
+}
+
 /// f16 values widened to f32 (exact), eight at a time with F16C where the CPU has it.
 pub(crate) fn widen_f16(a: &[half::f16], out: &mut [f32]) {
     assert_eq!(a.len(), out.len(), "widen_f16: lengths");
@@ -164,6 +179,36 @@ pub(crate) mod x86 {
             total = a[i].mul_add(b[i], total);
         }
         total
+    }
+
+    /// [`super::dot_f16_pair`]: [`dot_f16`]'s four chains for each vector, sharing the loads
+    /// and conversions of `a`.
+    ///
+    /// # Safety
+    /// The CPU runs AVX2, FMA and F16C; `b0` and `b1` are at least as long as `a`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(crate) unsafe fn dot_f16_pair(a: &[half::f16], b0: &[f32], b1: &[f32]) -> (f32, f32) {
+        let mut acc0 = [_mm256_setzero_ps(); 4];
+        let mut acc1 = [_mm256_setzero_ps(); 4];
+        let full = a.len() / 32 * 32;
+        for i in (0..full).step_by(32) {
+            for k in 0..4 {
+                let pa = a.as_ptr().add(i + 8 * k) as *const __m128i;
+                let wide = _mm256_cvtph_ps(_mm_loadu_si128(pa));
+                let (p0, p1) = (b0.as_ptr().add(i + 8 * k), b1.as_ptr().add(i + 8 * k));
+                acc0[k] = _mm256_fmadd_ps(wide, _mm256_loadu_ps(p0), acc0[k]);
+                acc1[k] = _mm256_fmadd_ps(wide, _mm256_loadu_ps(p1), acc1[k]);
+            }
+        }
+        let finish = |acc: [__m256; 4], b: &[f32]| {
+            let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+            let mut total = horizontal_sum(sum);
+            for i in full..a.len() {
+                total = a[i].to_f32().mul_add(b[i], total);
+            }
+            total
+        };
+        (finish(acc0, b0), finish(acc1, b1))
     }
 
     /// [`super::widen_f16`].
@@ -352,6 +397,10 @@ mod tests {
             let expected: f64 = wide.iter().zip(&b).map(|(x, y)| f64::from(x * y)).sum();
             let (fused, widened) = (dot_f16(&a, &b), dot_fma(&wide, &b));
             assert_eq!(fused.to_bits(), widened.to_bits(), "{len}");
+            let other: Vec<f32> = b.iter().map(|v| v * 0.5 - 1.0).collect();
+            let (first, second) = dot_f16_pair(&a, &b, &other);
+            assert_eq!(first.to_bits(), fused.to_bits(), "{len}");
+            assert_eq!(second.to_bits(), dot_f16(&a, &other).to_bits(), "{len}");
             assert!(
                 (f64::from(fused) - expected).abs() < 1e-3 * len as f64,
                 "{len}"
