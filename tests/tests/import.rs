@@ -29,25 +29,9 @@ fn read_json(path: &Path) -> Json {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-/// Runs tests/fixtures/tq_llama.py with the venv's Python; panics with its stderr on failure.
+/// Runs tests/fixtures/tq_llama.py with the venv's Python; its stdout.
 fn tq_script(args: &[&str]) -> String {
-    let out = std::process::Command::new(cross_tool_tests::python())
-        .arg(fixtures().join("tq_llama.py"))
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "python cannot run ({e}): {}",
-                cross_tool_tests::PYTHON_SETUP
-            )
-        });
-    assert!(
-        out.status.success(),
-        "tq_llama.py {args:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    fixture_script("tq_llama.py", args)
 }
 
 /// Every position's logits of `tokens` run as one prompt. The KV cache is f32, as the references
@@ -480,7 +464,8 @@ fn fixture_script(script: &str, args: &[&str]) -> String {
         });
     assert!(
         out.status.success(),
-        "{script} {args:?} failed:\n{}",
+        "{script} {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
@@ -548,15 +533,7 @@ fn ternary_llama_folder(dir: &Path) -> (PathBuf, Vec<Projection>) {
             embedding.2,
             embedding.3,
         ));
-        let projections = [
-            ("self_attn.q_proj", "attn_q"),
-            ("self_attn.k_proj", "attn_k"),
-            ("self_attn.v_proj", "attn_v"),
-            ("self_attn.o_proj", "attn_output"),
-            ("mlp.gate_proj", "ffn_gate"),
-            ("mlp.up_proj", "ffn_up"),
-            ("mlp.down_proj", "ffn_down"),
-        ];
+        let projections = import::hf::PROJECTIONS;
         for (index, (name, dtype, shape, data)) in tensors.iter_mut().enumerate() {
             let Some((layer, ours)) = projections.iter().find_map(|(theirs, ours)| {
                 let layer = name.strip_prefix("model.layers.")?.split('.').next()?;

@@ -133,10 +133,15 @@ impl Sandbox {
             ));
         }
         let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
-        let root = is_root();
-        let run_as = root.then_some(UNPRIVILEGED_ID);
-        // Root's processes are not counted against a limit; another user's are, all of them.
-        let max_processes = MAX_PROCESSES + if root { 0 } else { processes_of_this_user() };
+        let uid = effective_uid();
+        let run_as = (uid == Some(0)).then_some(UNPRIVILEGED_ID);
+        // Tests run as root move to `nobody`, whose own processes are few; another user's are
+        // counted against the limit too, all of them.
+        let max_processes = MAX_PROCESSES
+            + match uid {
+                Some(0) | None => 0,
+                Some(me) => processes_of(me),
+            };
         let mut sandbox = Sandbox {
             options,
             isolation: Isolation::Unconfined,
@@ -225,9 +230,9 @@ impl Sandbox {
         succeeds(self.run_command(&isolation, dir.path(), "true", &[]))
     }
 
-    /// The arguments every profile shares: namespaces, the read-only system, the sample's folder.
-    fn confine(bwrap: &Path, dir: &Path) -> Command {
-        let mut c = Command::new(bwrap);
+    /// Appends bubblewrap's arguments every profile shares (namespaces, the read-only system,
+    /// the sample's folder) to `c`, whose program is bubblewrap or a wrapper that runs it next.
+    fn confine(c: &mut Command, dir: &Path) {
         c.args(["--unshare-all", "--die-with-parent", "--new-session"])
             .args(["--ro-bind", "/usr", "/usr"])
             .args(["--symlink", "usr/bin", "/bin"])
@@ -245,7 +250,6 @@ impl Sandbox {
                 "PATH",
                 "/usr/bin",
             ]);
-        c
     }
 
     /// rustc (the toolchain's own binary, so no rustup proxy and no home folder) in `dir`.
@@ -258,7 +262,8 @@ impl Sandbox {
     ) -> Command {
         match isolation {
             Isolation::Bubblewrap(bwrap) => {
-                let mut c = Self::confine(bwrap, dir);
+                let mut c = Command::new(bwrap);
+                Self::confine(&mut c, dir);
                 // The linker (cc) is an alternatives link; ld.so.cache speeds up loading.
                 c.args(["--ro-bind", "/etc/alternatives", "/etc/alternatives"])
                     .args(["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"])
@@ -295,7 +300,7 @@ impl Sandbox {
             .args(["--core=0", "--"]);
         match isolation {
             Isolation::Bubblewrap(bwrap) => {
-                c.arg(bwrap).args(Self::confine(bwrap, dir).get_args());
+                Self::confine(c.arg(bwrap), dir);
                 c.arg("--").arg(program).args(args);
             }
             Isolation::Unconfined => {
@@ -448,18 +453,15 @@ impl Sandbox {
     }
 }
 
-fn is_root() -> bool {
-    // The owner of this process's /proc entry is its effective user.
+/// This process's effective user: the owner of its /proc entry.
+fn effective_uid() -> Option<u32> {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+    std::fs::metadata("/proc/self").ok().map(|m| m.uid())
 }
 
-/// Processes this user runs now (the process limit counts them all).
-fn processes_of_this_user() -> u64 {
+/// Processes user `me` runs now (the process limit counts them all).
+fn processes_of(me: u32) -> u64 {
     use std::os::unix::fs::MetadataExt;
-    let Ok(me) = std::fs::metadata("/proc/self").map(|m| m.uid()) else {
-        return 0;
-    };
     std::fs::read_dir("/proc").map_or(0, |entries| {
         entries
             .filter_map(Result::ok)

@@ -24,7 +24,18 @@ use safetensors::{Dtype, SafeTensors};
 use serde_json::Value as Json;
 use ternary::PlanarWeights;
 
-use crate::{planar_from_blocks, ImportError, Imported};
+use crate::{planar_from_blocks, widen_le16, ImportError, Imported};
+
+/// Each block's projections: Hugging Face's module name, this project's GGUF name.
+pub const PROJECTIONS: [(&str, &str); 7] = [
+    ("self_attn.q_proj", "attn_q"),
+    ("self_attn.k_proj", "attn_k"),
+    ("self_attn.v_proj", "attn_v"),
+    ("self_attn.o_proj", "attn_output"),
+    ("mlp.gate_proj", "ffn_gate"),
+    ("mlp.up_proj", "ffn_up"),
+    ("mlp.down_proj", "ffn_down"),
+];
 
 /// BitNet's lower bound on a matrix's mean |W| before inverting it.
 const ABSMEAN_EPS: f32 = 1e-5;
@@ -171,15 +182,7 @@ pub fn import(dir: &Path) -> Result<Imported, ImportError> {
             let values = weights.float(&format!("{}.weight", hf_name(theirs)))?.0;
             tables.insert(ours(ours_name), values);
         }
-        for (theirs, ours_name) in [
-            ("self_attn.q_proj", "attn_q"),
-            ("self_attn.k_proj", "attn_k"),
-            ("self_attn.v_proj", "attn_v"),
-            ("self_attn.o_proj", "attn_output"),
-            ("mlp.gate_proj", "ffn_gate"),
-            ("mlp.up_proj", "ffn_up"),
-            ("mlp.down_proj", "ffn_down"),
-        ] {
+        for (theirs, ours_name) in PROJECTIONS {
             let w = weights.projection(&hf_name(theirs), projections)?;
             ternary.insert(ours(ours_name), w);
         }
@@ -292,10 +295,19 @@ fn tokenizer(dir: &Path, hf: &Json) -> Result<(String, ChatSpec), ImportError> {
     ))
 }
 
-/// The folder's safetensors files, memory-mapped, and which file holds each tensor.
+/// The folder's safetensors files, memory-mapped, and where each tensor lies (its header is
+/// parsed once, when the file is opened).
 struct Weights {
     files: Vec<(PathBuf, memmap2::Mmap)>,
-    index: HashMap<String, usize>,
+    index: HashMap<String, TensorAt>,
+}
+
+/// A tensor of a safetensors file: which file, its dtype and shape, and its bytes in the map.
+struct TensorAt {
+    file: usize,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    bytes: std::ops::Range<usize>,
 }
 
 impl Weights {
@@ -327,14 +339,18 @@ impl Weights {
             // ours writes while importing (a file changed under us can give wrong values, not
             // unsafety in what follows: every read goes through safetensors' checked parser).
             let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
-            let names = SafeTensors::deserialize(&map)
-                .map_err(|e| ImportError::invalid(&path, e.to_string()))?
-                .names()
-                .into_iter()
-                .map(str::to_string)
-                .collect::<Vec<_>>();
-            for name in names {
-                index.insert(name, files.len());
+            let tensors = SafeTensors::deserialize(&map)
+                .map_err(|e| ImportError::invalid(&path, e.to_string()))?;
+            for (name, view) in tensors.tensors() {
+                // The view's bytes lie within the map (the parser checked their range).
+                let start = view.data().as_ptr() as usize - map.as_ptr() as usize;
+                let at = TensorAt {
+                    file: files.len(),
+                    dtype: view.dtype(),
+                    shape: view.shape().to_vec(),
+                    bytes: start..start + view.data().len(),
+                };
+                index.insert(name, at);
             }
             files.push((path, map));
         }
@@ -347,7 +363,7 @@ impl Weights {
 
     /// The file holding the tensors (the first one when a tensor is missing, for messages).
     fn path(&self, name: &str) -> &Path {
-        &self.files[self.index.get(name).copied().unwrap_or(0)].0
+        &self.files[self.index.get(name).map_or(0, |at| at.file)].0
     }
 
     fn invalid(&self, name: &str, what: &str) -> ImportError {
@@ -355,24 +371,15 @@ impl Weights {
     }
 
     /// The tensor's dtype, shape and bytes.
-    fn raw(&self, name: &str) -> Result<(Dtype, Vec<usize>, &[u8]), ImportError> {
-        let file = *self
+    fn raw(&self, name: &str) -> Result<(Dtype, &[usize], &[u8]), ImportError> {
+        let at = self
             .index
             .get(name)
             .ok_or_else(|| self.invalid(name, "is missing"))?;
-        let (path, map) = &self.files[file];
-        let tensors =
-            SafeTensors::deserialize(map).map_err(|e| ImportError::invalid(path, e.to_string()))?;
-        let view = tensors
-            .tensor(name)
-            .map_err(|e| ImportError::invalid(path, e.to_string()))?;
-        let data = &map[..];
-        // The view borrows the map; its bytes lie within it, so take them from the map itself.
-        let offset = view.data().as_ptr() as usize - data.as_ptr() as usize;
         Ok((
-            view.dtype(),
-            view.shape().to_vec(),
-            &data[offset..offset + view.data().len()],
+            at.dtype,
+            &at.shape,
+            &self.files[at.file].1[at.bytes.clone()],
         ))
     }
 
@@ -388,17 +395,11 @@ impl Weights {
                 EmbeddingType::F32,
             ),
             Dtype::F16 => (
-                bytes
-                    .chunks_exact(2)
-                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                    .collect(),
+                widen_le16(bytes, gguf::types::f16_to_f32),
                 EmbeddingType::F16,
             ),
             Dtype::BF16 => (
-                bytes
-                    .chunks_exact(2)
-                    .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                    .collect(),
+                widen_le16(bytes, gguf::types::bf16_to_f32),
                 EmbeddingType::Bf16,
             ),
             other => {
@@ -408,6 +409,7 @@ impl Weights {
                 ))
             }
         };
+        let shape = shape.to_vec();
         Ok((F32Tensor { shape, values }, kind))
     }
 
@@ -418,60 +420,51 @@ impl Weights {
         if shape.len() != 2 {
             return Err(self.invalid(&name, &format!("has shape {shape:?}, expected a matrix")));
         }
-        let packed = dtype == Dtype::U8;
-        let (trits, scale, rows, cols) = match kind {
-            Projections::PackedInverseScale | Projections::PackedScale if packed => {
-                let (rows, cols) = (4 * shape[0], shape[1]);
-                let trits = unpack_rows(bytes, shape[0], cols).map_err(|index| {
-                    self.invalid(
-                        &name,
-                        &format!("has the code 3 at byte {index}, not a ternary value"),
-                    )
-                })?;
-                let stored = self.scalar(&format!("{prefix}.weight_scale"))?;
-                let scale = if kind == Projections::PackedInverseScale {
-                    1.0 / stored
-                } else {
-                    stored
-                };
-                (trits, scale, rows, cols)
-            }
+        let (rows, cols) = match dtype {
+            Dtype::U8 => (4 * shape[0], shape[1]),
+            _ => (shape[0], shape[1]),
+        };
+        let not_ternary = |what: String| self.invalid(&name, &what);
+        let (trits, scale) = match kind {
             Projections::PackedInverseScale | Projections::PackedScale => {
-                // AutoBitLinear checkpoints may hold the ternary values unpacked.
-                let (values, _) = self.float(&name)?;
-                let stored = self.scalar(&format!("{prefix}.weight_scale"))?;
-                let scale = if kind == Projections::PackedInverseScale {
-                    1.0 / stored
-                } else {
-                    stored
+                let trits = match dtype {
+                    Dtype::U8 => unpack_rows(bytes, shape[0], cols).map_err(|index| {
+                        not_ternary(format!(
+                            "has the code 3 at byte {index}, not a ternary value"
+                        ))
+                    })?,
+                    // AutoBitLinear checkpoints may hold the ternary values unpacked.
+                    _ => self
+                        .float(&name)?
+                        .0
+                        .values
+                        .iter()
+                        .map(|&v| match v {
+                            -1.0 => Ok(-1),
+                            0.0 => Ok(0),
+                            1.0 => Ok(1),
+                            _ => Err(not_ternary(format!("holds {v}, not a ternary value"))),
+                        })
+                        .collect::<Result<Vec<i8>, _>>()?,
                 };
-                let trits = values
-                    .values
-                    .iter()
-                    .map(|&v| match v {
-                        -1.0 => Ok(-1),
-                        0.0 => Ok(0),
-                        1.0 => Ok(1),
-                        _ => Err(self.invalid(&name, &format!("holds {v}, not a ternary value"))),
-                    })
-                    .collect::<Result<Vec<i8>, _>>()?;
-                (trits, scale, shape[0], shape[1])
+                let stored = self.scalar(&format!("{prefix}.weight_scale"))?;
+                let scale = match kind {
+                    Projections::PackedInverseScale => 1.0 / stored,
+                    _ => stored,
+                };
+                (trits, scale)
             }
-            Projections::Master => {
-                let (values, _) = self.float(&name)?;
-                let (trits, scale) = absmean_per_tensor(&values.values);
-                (trits, scale, shape[0], shape[1])
-            }
+            Projections::Master => absmean_per_tensor(&self.float(&name)?.0.values),
             Projections::Ternary => {
-                let (values, _) = self.float(&name)?;
-                let (trits, scale) = ternary_values(&values.values)
-                    .map_err(|(index, v)| self.invalid(&name, &format!("is not ternary: value {v} at index {index} is neither 0 nor ± the largest magnitude")))?;
-                (trits, scale, shape[0], shape[1])
+                ternary_values(&self.float(&name)?.0.values).map_err(|(index, v)| {
+                    not_ternary(format!(
+                        "is not ternary: value {v} at index {index} is neither 0 nor ± the \
+                         largest magnitude"
+                    ))
+                })?
             }
         };
-        if !scale.is_finite() {
-            return Err(self.invalid(&name, &format!("has the non-finite scale {scale}")));
-        }
+        // A non-finite or negative scale is refused by the planar form (named below).
         planar_from_blocks(rows, cols, &trits, &[scale], None).map_err(|e| self.invalid(&name, &e))
     }
 

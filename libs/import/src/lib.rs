@@ -127,6 +127,13 @@ pub(crate) fn planar_from_blocks(
     PlanarWeights::from_trits(rows, cols, trits, &scales).map_err(|e| e.to_string())
 }
 
+/// f32 values of 16-bit floats (f16 or bf16, by `convert`) stored little-endian.
+pub(crate) fn widen_le16(data: &[u8], convert: impl Fn(u16) -> f32) -> Vec<f32> {
+    data.chunks_exact(2)
+        .map(|b| convert(u16::from_le_bytes([b[0], b[1]])))
+        .collect()
+}
+
 /// Row `i` of the result is row `source_row(i)` of `values` (`[rows, cols]` row-major).
 pub(crate) fn permute_rows<T: Copy>(
     values: &[T],

@@ -18,7 +18,7 @@ use model::export::{EmbeddingType, F32Tensor};
 use model::tokenizer::ChatSpec;
 use model::{FfnActivation, ModelConfig, ScaleGranularity, Variant};
 
-use crate::{planar_from_blocks, rotate_half_source_row, ImportError, Imported};
+use crate::{planar_from_blocks, rotate_half_source_row, widen_le16, ImportError, Imported};
 
 /// Architectures read.
 const ARCHITECTURES: [&str; 2] = ["llama", "bitnet"];
@@ -64,14 +64,11 @@ pub fn import(path: &Path) -> Result<Imported, ImportError> {
         }
     }
 
-    let tokenizer_json = crate::vocab::tokenizer_json(&file).map_err(|e| match e {
+    let tokenizer = crate::vocab::tokenizer_json(&file).map_err(|e| match e {
         crate::vocab::VocabError::Invalid(m) => invalid(m),
         crate::vocab::VocabError::Unsupported(m) => unsupported(m),
     })?;
-    let n_tokens = tokenizer_json
-        .parse::<tokenizers::Tokenizer>()
-        .map(|t| t.get_vocab_size(true))
-        .map_err(|e| invalid(e.to_string()))?;
+    let n_tokens = tokenizer.tokens;
 
     let dim = required("embedding_length")?;
     let n_heads = required("attention.head_count")?;
@@ -100,7 +97,7 @@ pub fn import(path: &Path) -> Result<Imported, ImportError> {
         )));
     }
     let ternary_head = output.is_some_and(|t| tq::is_ternary_type(t.info.ggml_type()));
-    let config = ModelConfig {
+    let mut config = ModelConfig {
         vocab_size,
         dim,
         n_layers: required("block_count")?,
@@ -184,8 +181,8 @@ pub fn import(path: &Path) -> Result<Imported, ImportError> {
         }
         let values: Vec<f32> = match ggml_type {
             GgmlType::F32 => t.f32_values().expect("F32").into_owned(),
-            GgmlType::F16 => halves(t.data, gguf::types::f16_to_f32),
-            GgmlType::Bf16 => halves(t.data, gguf::types::bf16_to_f32),
+            GgmlType::F16 => widen_le16(t.data, gguf::types::f16_to_f32),
+            GgmlType::Bf16 => widen_le16(t.data, gguf::types::bf16_to_f32),
             other => {
                 let role = if name.ends_with("norm.weight")
                     || name.starts_with("token_embd")
@@ -201,7 +198,6 @@ pub fn import(path: &Path) -> Result<Imported, ImportError> {
         let shape = t.info.shape().iter().map(|&d| d as usize).collect();
         tables.insert(name.to_string(), F32Tensor { shape, values });
     }
-    let mut config = config;
     if one_scale_per_matrix {
         config.variant.weight_scales = ScaleGranularity::Tensor;
     }
@@ -218,20 +214,13 @@ pub fn import(path: &Path) -> Result<Imported, ImportError> {
         tables,
         ternary,
         chat: chat_spec(&file, path)?,
-        tokenizer_json,
+        tokenizer_json: tokenizer.json,
     })
 }
 
 /// Whether a tensor is a q or k projection (rows in llama.cpp's interleaved RoPE order).
 fn is_rope_projection(name: &str) -> bool {
     name.ends_with(".attn_q.weight") || name.ends_with(".attn_k.weight")
-}
-
-/// f32 values of 16-bit floats stored little-endian.
-fn halves(data: &[u8], convert: impl Fn(u16) -> f32) -> Vec<f32> {
-    data.chunks_exact(2)
-        .map(|b| convert(u16::from_le_bytes([b[0], b[1]])))
-        .collect()
 }
 
 /// The ternary types the file's matrices use, for the summary ("TQ2_0", "TQ1_0 + TQ2_0").

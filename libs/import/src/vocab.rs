@@ -33,8 +33,14 @@ pub enum VocabError {
     Unsupported(String),
 }
 
+/// A rebuilt `tokenizer.json` document and the number of tokens it defines.
+pub struct RebuiltTokenizer {
+    pub json: String,
+    pub tokens: usize,
+}
+
 /// The `tokenizer.json` document of the file's vocabulary.
-pub fn tokenizer_json<B: AsRef<[u8]>>(file: &Gguf<B>) -> Result<String, VocabError> {
+pub fn tokenizer_json<B: AsRef<[u8]>>(file: &Gguf<B>) -> Result<RebuiltTokenizer, VocabError> {
     let string = |key: &str| file.get(key).and_then(Value::as_str);
     let model = string("tokenizer.ggml.model").ok_or_else(|| {
         VocabError::Invalid("no tokenizer.ggml.model: the file carries no tokenizer".into())
@@ -113,12 +119,13 @@ pub fn tokenizer_json<B: AsRef<[u8]>>(file: &Gguf<B>) -> Result<String, VocabErr
     checked(document)
 }
 
-/// The document, if it loads as every tool will load it.
-fn checked(document: String) -> Result<String, VocabError> {
-    document
+/// The document, if it loads as every tool will load it, with its token count.
+fn checked(json: String) -> Result<RebuiltTokenizer, VocabError> {
+    let tokens = json
         .parse::<tokenizers::Tokenizer>()
-        .map_err(|e| VocabError::Invalid(format!("the rebuilt tokenizer does not load: {e}")))?;
-    Ok(document)
+        .map_err(|e| VocabError::Invalid(format!("the rebuilt tokenizer does not load: {e}")))?
+        .get_vocab_size(true);
+    Ok(RebuiltTokenizer { json, tokens })
 }
 
 /// `tokenizer.ggml.tokens` and `tokenizer.ggml.token_type` (all normal when absent).
@@ -148,7 +155,7 @@ fn tokens_and_types<B: AsRef<[u8]>>(file: &Gguf<B>) -> Result<(&[String], Vec<i3
 const UNKNOWN: i32 = 2;
 
 /// The SentencePiece BPE vocabulary (`tokenizer.ggml.model = "llama"`) as a tokenizer.json.
-fn sentencepiece_json<B: AsRef<[u8]>>(file: &Gguf<B>) -> Result<String, VocabError> {
+fn sentencepiece_json<B: AsRef<[u8]>>(file: &Gguf<B>) -> Result<RebuiltTokenizer, VocabError> {
     let (tokens, types) = tokens_and_types(file)?;
     let scores = match file.get("tokenizer.ggml.scores") {
         Some(Value::Array(Array::F32(scores))) if scores.len() == tokens.len() => scores,

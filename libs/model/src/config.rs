@@ -79,6 +79,16 @@ impl ScaleGranularity {
         }
     }
 
+    /// The `scale_shift` of planar weights with this granularity (`PlanarWeights::share_scales`):
+    /// groups sharing one scale are 2^shift.
+    pub fn scale_shift(self) -> u32 {
+        match self {
+            ScaleGranularity::Group128 => 0,
+            ScaleGranularity::Block256 => 1,
+            ScaleGranularity::Tensor => ternary::planar::ROW_SCALE_SHIFT,
+        }
+    }
+
     /// The granularity of a name, `None` when unknown.
     pub fn from_name(name: &str) -> Option<Self> {
         [

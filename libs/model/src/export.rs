@@ -425,7 +425,8 @@ fn fetch(
     Ok(found.values)
 }
 
-/// Ternary weights that are ternary already: present, of the shape of `t`, every scale finite.
+/// Ternary weights that are ternary already: present and of the shape of `t` (their scales are
+/// finite and non-negative by construction of `PlanarWeights`).
 fn fetch_ternary(
     ternary: &TernarySource<'_>,
     t: &SourceTensor,
@@ -437,18 +438,6 @@ fn fetch_ternary(
             found: vec![w.rows(), w.cols()],
             expected: t.shape.clone(),
         });
-    }
-    for row in 0..w.rows() {
-        for group in 0..w.groups() {
-            let value = w.scale(row, group);
-            if !value.is_finite() {
-                return Err(ExportError::NonFinite {
-                    name: format!("{}.scale", t.name),
-                    index: row * w.groups() + group,
-                    value,
-                });
-            }
-        }
     }
     Ok(w)
 }

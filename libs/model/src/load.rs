@@ -271,13 +271,8 @@ impl TensorReader<'_> {
         let names: Vec<&str> = parts.iter().map(|(n, _)| n.as_str()).collect();
         // Scales that the model's granularity says are shared are stored once (planar.rs): the
         // same results from fewer bytes, and an error if the file's scales are not that uniform.
-        let shift = match self.scale_granularity {
-            ScaleGranularity::Group128 => 0,
-            ScaleGranularity::Block256 => 1,
-            ScaleGranularity::Tensor => ternary::planar::ROW_SCALE_SHIFT,
-        };
         PlanarWeights::from_packed_parts(cols, &stacked)
-            .and_then(|w| w.share_scales(shift))
+            .and_then(|w| w.share_scales(self.scale_granularity.scale_shift()))
             .map(|w| w.into_layout(self.kernel.code_layout()))
             .map_err(|e| format!("ternary weight {}: {e}", names.join(" + ")))
     }

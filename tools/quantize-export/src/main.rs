@@ -205,11 +205,8 @@ fn import(cli: &Cli, source: &Path) -> Result<(), Failure> {
         (Some(dir), _) => import::hf::import(dir),
         _ => import::llamacpp::import(source),
     }
-    .map_err(|e| match e {
-        import::ImportError::Invalid { .. }
-        | import::ImportError::Unsupported { .. }
-        | import::ImportError::Io { .. } => Failure::Input(e.to_string()),
-    })?;
+    // Every import error is about the input: a file that is missing, malformed or unsupported.
+    .map_err(|e| Failure::Input(e.to_string()))?;
     if let Some(name) = &cli.name {
         imported.name = name.clone();
     }
