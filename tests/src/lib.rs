@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod serve;
+
 /// The Python interpreter that has the pinned packages of `requirements.txt` (the reference
 /// `gguf` package and numpy): `$NANOCHAT_PYTHON` (which `make test` sets), else the project's own
 /// `.venv/` (which `make venv` makes), else `python3` from the PATH.

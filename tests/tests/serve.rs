@@ -3,118 +3,13 @@
 //! streaming and not, stop strings, concurrent streams, bad input, a client that disconnects, and
 //! the CLI mode.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use cross_tool_tests::serve::{http, model_files, start};
 use serde_json::{json, Value};
-
-struct Server {
-    child: Child,
-    addr: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn model_files(dir: &std::path::Path) -> (PathBuf, PathBuf) {
-    let config = model::ModelConfig {
-        n_layers: 2,
-        context_length: 256,
-        ..model::ModelConfig::preset("tiny").unwrap()
-    };
-    let (gguf, mhc) = model::testmodel::write_random_model(dir, "tiny", &config, 5).unwrap();
-    (gguf, mhc.unwrap())
-}
-
-fn start(extra: &[&str]) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let (gguf, mhc) = model_files(dir.path());
-    let mut child = Command::new(assert_cmd::cargo::cargo_bin("serve"))
-        .arg("--model")
-        .arg(&gguf)
-        .arg("--mhc")
-        .arg(&mhc)
-        .args(["--host", "127.0.0.1", "--port", "0"])
-        .args(extra)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    // The server announces its address on stderr once it listens.
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let addr = loop {
-        line.clear();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "serve exited before listening"
-        );
-        if let Some(at) = line.find("http://") {
-            break line[at + 7..].trim().to_string();
-        }
-    };
-    // Keep draining stderr so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in stderr.lines() {});
-    Server {
-        child,
-        addr,
-        _dir: dir,
-    }
-}
-
-/// Status and body of one request (the body de-chunked).
-fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    parse_response(&raw)
-}
-
-fn parse_response(raw: &[u8]) -> (u16, String) {
-    let text = String::from_utf8_lossy(raw);
-    let (head, body) = text.split_once("\r\n\r\n").expect("a header block");
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    (
-        status,
-        if chunked {
-            dechunk(body)
-        } else {
-            body.to_string()
-        },
-    )
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let size = usize::from_str_radix(size.trim(), 16).unwrap();
-        if size == 0 {
-            break;
-        }
-        out.push_str(&rest[..size]);
-        body = &rest[size + 2..];
-    }
-    out
-}
 
 fn post(addr: &str, path: &str, body: &Value) -> (u16, Value) {
     let (status, text) = http(addr, "POST", path, &body.to_string());
