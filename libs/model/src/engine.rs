@@ -109,6 +109,10 @@ pub struct EngineStats {
     pub active: usize,
     pub queued: usize,
     pub max_batch: usize,
+    /// Positions held in the running sequences' KV caches after the last step.
+    pub kv_tokens: usize,
+    /// Positions the KV caches can hold at most: every slot at the full context.
+    pub kv_capacity_tokens: usize,
 }
 
 /// The running model: a scheduler thread that owns it, and a handle to submit requests.
@@ -130,6 +134,7 @@ pub struct Engine {
 struct Shared {
     active: AtomicUsize,
     queued: AtomicUsize,
+    kv_tokens: AtomicUsize,
     stopping: AtomicBool,
 }
 
@@ -147,6 +152,7 @@ impl Engine {
         let shared = Arc::new(Shared {
             active: AtomicUsize::new(0),
             queued: AtomicUsize::new(0),
+            kv_tokens: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
         });
         let max_batch = options.max_batch.max(1);
@@ -231,6 +237,8 @@ impl Engine {
             active: self.shared.active.load(Ordering::SeqCst),
             queued: self.shared.queued.load(Ordering::SeqCst),
             max_batch: self.max_batch,
+            kv_tokens: self.shared.kv_tokens.load(Ordering::SeqCst),
+            kv_capacity_tokens: self.max_batch * self.config.context_length,
         }
     }
 
@@ -304,6 +312,7 @@ impl Scheduler {
         }
         self.shared.active.store(0, Ordering::SeqCst);
         self.shared.queued.store(0, Ordering::SeqCst);
+        self.shared.kv_tokens.store(0, Ordering::SeqCst);
     }
 
     /// Takes new requests and steps until no sequence runs or waits, or the engine stops.
@@ -427,6 +436,8 @@ impl Scheduler {
         self.shared
             .active
             .store(self.running.len(), Ordering::SeqCst);
+        let kv_tokens = self.running.iter().map(|seq| seq.cache.len()).sum();
+        self.shared.kv_tokens.store(kv_tokens, Ordering::SeqCst);
         for (events, last) in endings {
             for event in last {
                 let _ = events.send(event);

@@ -233,6 +233,8 @@ impl Backend for EchoBackend {
             active: self.active.load(Ordering::SeqCst),
             queued: 0,
             max_batch: 0,
+            kv_tokens: 0,
+            kv_capacity_tokens: 0,
         }
     }
 

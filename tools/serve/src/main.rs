@@ -13,13 +13,17 @@
 //! mode; the server itself is the library (src/lib.rs).
 
 use std::io::{self, Read, Write};
-use std::path::PathBuf;
+use std::num::NonZeroU32;
+use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use sha2::{Digest, Sha256};
 use model::{ChatMessage, EngineOptions, GenerationRequest, KvPrecision, SamplingParams};
+use serve::access::{self, Access};
 use serve::api;
 use serve::backend::{self, Backend, EchoBackend, FollowError};
 use serve::bench::{self, BenchOptions};
@@ -307,7 +311,7 @@ struct Cli {
     /// Largest request body in bytes; larger ones get 413.
     ///
     /// Example: --max-body-bytes 4194304
-    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20, help_heading = "Server")]
+    #[arg(long, value_name = "BYTES", default_value_t = server::Config::default().max_body_bytes, help_heading = "Server")]
     max_body_bytes: usize,
 
     /// Largest max_tokens a request may ask for (400 above it), and the default when it asks
@@ -317,7 +321,7 @@ struct Cli {
     #[arg(
         long,
         value_name = "N",
-        default_value_t = 2048,
+        default_value_t = server::Config::default().max_tokens_cap,
         help_heading = "Server"
     )]
     max_tokens_cap: usize,
@@ -329,10 +333,60 @@ struct Cli {
     #[arg(
         long,
         value_name = "SECONDS",
-        default_value_t = 300.0,
+        default_value_t = server::Config::default().request_timeout.as_secs_f64(),
         help_heading = "Server"
     )]
     request_timeout_s: f64,
+
+    /// The most connections open at once; more get 503 and are closed.
+    ///
+    /// Example: --max-connections 1024
+    #[arg(long, value_name = "N", default_value_t = server::Config::default().max_connections, help_heading = "Server")]
+    max_connections: usize,
+
+    /// Seconds a client may stay silent while it owes a request head or body bytes, and a
+    /// keep-alive connection may stay idle (then it is closed); a request head must also arrive
+    /// whole within it.
+    ///
+    /// Example: --read-timeout-s 30
+    #[arg(long, value_name = "SECONDS", default_value_t = server::Config::default().read_timeout.as_secs_f64(), help_heading = "Server")]
+    read_timeout_s: f64,
+
+    /// Seconds a write may wait for a client that does not read (then the connection is closed
+    /// and its request cancelled).
+    ///
+    /// Example: --write-timeout-s 60
+    #[arg(long, value_name = "SECONDS", default_value_t = server::Config::default().write_timeout.as_secs_f64(), help_heading = "Server")]
+    write_timeout_s: f64,
+
+    /// Require `Authorization: Bearer KEY` on /v1 routes and /metrics (401 otherwise); / and
+    /// /health stay open. Prefer the environment variable: a flag shows in the process list.
+    ///
+    /// Example: NANOCHAT_API_KEY=$(cat key.txt) serve --model m.gguf
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "NANOCHAT_API_KEY",
+        hide_env_values = true,
+        help_heading = "Access"
+    )]
+    api_key: Option<String>,
+
+    /// A web origin allowed to call the API from a browser (CORS), and whose host name may be
+    /// the request's Host; repeat for several, `*` for any. Without it only this server's own
+    /// page, and clients that send no Origin (curl, SDKs), get answers; Host must be an IP
+    /// address or localhost.
+    ///
+    /// Example: --allow-origin http://localhost:3000
+    #[arg(long, value_name = "ORIGIN", help_heading = "Access")]
+    allow_origin: Vec<String>,
+
+    /// Requests a minute per client IP address (429 with Retry-After beyond it; /health is not
+    /// counted).
+    ///
+    /// Example: --rate-limit 60/min
+    #[arg(long, value_name = "N/min", value_parser = access::parse_rate_limit, help_heading = "Access")]
+    rate_limit: Option<NonZeroU32>,
 }
 
 /// Where the model comes from.
@@ -460,15 +514,12 @@ fn settings(cli: Cli) -> Result<Settings, String> {
             }
         }
         None => {
-            let timeout = Duration::try_from_secs_f64(cli.request_timeout_s)
-                .ok()
-                .filter(|d| !d.is_zero())
-                .ok_or_else(|| {
-                    format!(
-                        "--request-timeout-s must be above 0, got {}",
-                        cli.request_timeout_s
-                    )
-                })?;
+            let seconds = |flag: &str, value: f64| {
+                Duration::try_from_secs_f64(value)
+                    .ok()
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| format!("--{flag} must be above 0, got {value}"))
+            };
             let host = if cli.host.contains(':') && !cli.host.starts_with('[') {
                 format!("[{}]", cli.host) // an IPv6 address
             } else {
@@ -483,7 +534,22 @@ fn settings(cli: Cli) -> Result<Settings, String> {
                     )?,
                     max_body_bytes: at_least_one("max-body-bytes", cli.max_body_bytes)?,
                     max_tokens_cap: at_least_one("max-tokens-cap", cli.max_tokens_cap)?,
-                    request_timeout: timeout,
+                    request_timeout: seconds("request-timeout-s", cli.request_timeout_s)?,
+                    max_connections: at_least_one("max-connections", cli.max_connections)?,
+                    read_timeout: seconds("read-timeout-s", cli.read_timeout_s)?,
+                    write_timeout: seconds("write-timeout-s", cli.write_timeout_s)?,
+                    access: Access {
+                        api_key: match cli.api_key {
+                            Some(key) if key.trim().is_empty() => {
+                                return Err("the API key must not be empty".to_string())
+                            }
+                            key => key,
+                        },
+                        allowed_origins: cli.allow_origin,
+                    },
+                    rate_limit: cli.rate_limit,
+                    // Filled in once the model file is known to open.
+                    model_sha256: String::new(),
                 },
             }
         }
@@ -608,6 +674,24 @@ fn serve(backend: Arc<dyn Backend>, addr: &str, config: server::Config) -> Resul
     Ok(())
 }
 
+/// The hex SHA-256 of a file (the model's identity in /v1/models and /metrics).
+fn file_sha256(path: &Path) -> Result<String, Failure> {
+    let cannot = |e: io::Error| Failure::Input(format!("cannot read {}: {e}", path.display()));
+    let mut file = File::open(path).map_err(cannot)?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        match file.read(&mut buffer).map_err(cannot)? {
+            0 => return Ok(hex(&hasher.finalize())),
+            n => hasher.update(&buffer[..n]),
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn run(settings: Settings) -> Result<(), Failure> {
     if let Some(n) = settings.threads {
         rayon::ThreadPoolBuilder::new()
@@ -622,6 +706,10 @@ fn run(settings: Settings) -> Result<(), Failure> {
         }
         return Ok(());
     }
+    let model_file = match &settings.source {
+        Source::Model { gguf, .. } => Some(gguf.clone()),
+        Source::Echo => None,
+    };
     let backend = open(settings.source, settings.engine)?;
     match settings.mode {
         Mode::Generate {
@@ -631,7 +719,14 @@ fn run(settings: Settings) -> Result<(), Failure> {
             sampling,
             stop,
         } => generate(&*backend, &prompt, chat, max_tokens, sampling, stop),
-        Mode::Serve { addr, config } => serve(backend, &addr, config),
+        Mode::Serve { addr, mut config } => {
+            config.model_sha256 = match model_file {
+                Some(path) => file_sha256(&path)?,
+                // The echo backend has no file: the digest of its name stands in.
+                None => hex(&Sha256::digest(backend.model_id().as_bytes())),
+            };
+            serve(backend, &addr, config)
+        }
         Mode::Bench { .. } => unreachable!("measured above"),
     }
 }
@@ -641,6 +736,16 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(code) => return code,
     };
+    // One line per request on stderr (RUST_LOG=warn quiets them).
+    tracing_subscriber::fmt()
+        .with_writer(io::stderr)
+        .with_ansi(false)
+        .with_target(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
     let result = settings(cli).map_err(Failure::Input).and_then(run);
     match result {
         Ok(()) => ExitCode::SUCCESS,

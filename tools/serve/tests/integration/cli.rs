@@ -179,7 +179,10 @@ fn server_mode_stops_on_sigterm() {
     assert_eq!(r.json()["choices"][0]["text"], "ping");
     let (code, stderr) = server.signal("TERM");
     assert_eq!(code, 0, "{stderr}");
-    assert!(stderr.contains("POST /v1/completions 200"), "{stderr}");
+    assert!(
+        stderr.contains(r#"method="POST" path="/v1/completions" status=200"#),
+        "{stderr}"
+    );
     assert!(stderr.ends_with("serve: stopped"), "{stderr}");
 }
 

@@ -28,6 +28,7 @@ pub fn config() -> Config {
         max_body_bytes: 4096,
         max_tokens_cap: 64,
         request_timeout: Duration::from_secs(10),
+        ..Config::default()
     }
 }
 
