@@ -14,7 +14,7 @@
 CARGO ?= cargo
 BIN := target/release
 
-.PHONY: all build test venv sandbox lint fmt verify bench bench-quick bench-serve bench-train serve e2e-chat clean \
+.PHONY: all build test venv sandbox lint fmt verify bench bench-quick bench-serve bench-load bench-train serve e2e-chat clean \
 	corpus tokens train export eval report rl ablations FORCE
 
 all: report
@@ -74,6 +74,12 @@ bench-quick: build
 # 8 concurrent streams, efficiency against the kernel, resident memory).
 bench-serve: build
 	$(BIN)/serve --bench --threads 2
+
+# serve's HTTP layer under load (issue 25): 2,000 short completions from 16 keep-alive clients, then
+# 64 concurrent streams (time to first token), against the echo backend (no model), or against a
+# model with LOAD_MODEL=path/to/model.gguf (not MODEL, which defaults to the pipeline's model).
+bench-load: build
+	$(BIN)/serve-load --serve $(BIN)/serve -- $(if $(LOAD_MODEL),--model $(LOAD_MODEL),--echo-backend)
 
 # Training throughput of the 5M-parameter model (dim 256, 4 layers, seq 256, batch 8, vocab 4096).
 bench-train: build
