@@ -9,7 +9,8 @@ use crate::vmath;
 /// How the next token is chosen.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SamplingParams {
-    /// 0 = greedy (argmax); otherwise logits are divided by it before the softmax.
+    /// 0 = greedy (argmax), as is any temperature too small for `1 / temperature` to be finite
+    /// (below ~2.9e-39); otherwise logits are divided by it before the softmax.
     pub temperature: f32,
     /// Keep only the k most likely tokens (0 = all).
     pub top_k: usize,
@@ -118,7 +119,9 @@ impl Sampler {
                 }
             }
         }
-        if p.temperature == 0.0 {
+        // Temperature 0, and any so small (f32 subnormals) that 1 / temperature overflows and
+        // the softmax would be NaN: the limit of a vanishing temperature is greedy anyway.
+        if (1.0 / p.temperature).is_infinite() {
             return argmax(logits);
         }
         if p.top_k > 0 && p.top_k < logits.len() {
@@ -128,7 +131,7 @@ impl Sampler {
         }
     }
 
-    /// Temperature, the `top_k` largest, softmax over them, top-p, a draw.
+    /// The `top_k` largest, softmax over them at the temperature, top-p, a draw.
     fn sample_top_k(&mut self, logits: &[f32]) -> u32 {
         let (k, inv_t) = (self.params.top_k, 1.0 / self.params.temperature);
         self.candidates.clear();
@@ -137,7 +140,7 @@ impl Sampler {
                 .iter()
                 .enumerate()
                 .filter(|(_, l)| !l.is_nan())
-                .map(|(i, &l)| (i as u32, l * inv_t)),
+                .map(|(i, &l)| (i as u32, l)),
         );
         if self.candidates.is_empty() {
             return 0;
@@ -154,7 +157,9 @@ impl Sampler {
             .fold(f32::NEG_INFINITY, f32::max);
         let mut total = 0.0f32;
         for c in &mut self.candidates {
-            c.1 = (c.1 - max).exp();
+            // The difference scaled, not each logit: a large 1 / temperature times a logit may
+            // overflow to infinity, and ∞ - ∞ is NaN.
+            c.1 = ((c.1 - max) * inv_t).exp();
             total += c.1;
         }
         self.draw_from_candidates(total)
@@ -364,6 +369,25 @@ mod tests {
         assert_eq!(argmax(&[-0.0, 0.0]), 0);
         let mut s = Sampler::new(params(0.0, 0, 1.0, 0));
         assert_eq!(s.sample(&mut [0.5, -2.0, 4.0], &[]), 2);
+    }
+
+    /// 1e-45 (the smallest f32 subnormal) used to make every weight NaN, and the draw token 0;
+    /// 1e-38 overflowed the scaled logits of top-k.
+    #[test]
+    fn a_vanishing_temperature_is_greedy() {
+        let logits = [0.5f32, -2.0, 4.0, 3.9, f32::NAN];
+        for temperature in [1e-45, f32::MIN_POSITIVE / 8.0, 1e-38, 1e-30] {
+            for top_k in [0, 2] {
+                for seed in 0..20 {
+                    let mut s = Sampler::new(params(temperature, top_k, 1.0, seed));
+                    assert_eq!(
+                        s.sample(&mut logits.to_vec(), &[]),
+                        2,
+                        "temperature {temperature:e}, top_k {top_k}, seed {seed}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

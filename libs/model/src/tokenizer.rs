@@ -46,6 +46,9 @@ pub enum TokenizerError {
     UnknownToken(u32),
     #[error("chat template: {0}")]
     Template(String),
+    /// Refused before it was tokenized whole ([`Tokenizer::encode_prompt_within`]).
+    #[error("the prompt has at least {at_least} tokens")]
+    TooLong { at_least: usize },
 }
 
 /// The chat settings of a model that brings its own template (see the module docs).
@@ -93,6 +96,8 @@ pub struct ChatMessage {
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     json: String,
+    /// See [`Tokenizer::longest_token_bytes`].
+    longest_token_bytes: Option<usize>,
     end_of_text: u32,
     stop: Vec<u32>,
     chat: ChatFormat,
@@ -181,6 +186,7 @@ impl Tokenizer {
         chat: ChatFormat,
     ) -> Self {
         Tokenizer {
+            longest_token_bytes: longest_token_bytes(&inner),
             inner,
             json: json.to_string(),
             end_of_text,
@@ -225,6 +231,17 @@ impl Tokenizer {
     /// Token ids of a completion prompt: [`Self::encode`], after the beginning-of-sequence token
     /// for models that start every sequence with one.
     pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        self.encode_prompt_within(text, usize::MAX)
+    }
+
+    /// [`Self::encode_prompt`], refused with [`TokenizerError::TooLong`] before the text is
+    /// tokenized whole when the prompt certainly has `limit` tokens or more (see
+    /// [`refuse_certainly_too_long`]).
+    pub fn encode_prompt_within(
+        &self,
+        text: &str,
+        limit: usize,
+    ) -> Result<Vec<u32>, TokenizerError> {
         let mut ids = match &self.chat {
             ChatFormat::Template {
                 spec:
@@ -237,8 +254,44 @@ impl Tokenizer {
             } => vec![*bos],
             _ => Vec::new(),
         };
+        self.refuse_if_too_long(&self.inner, &[text], ids.len(), limit)?;
         ids.extend(self.encode(text)?);
         Ok(ids)
+    }
+
+    /// [`refuse_certainly_too_long`] for a prompt of `fixed_tokens` tokens and `texts` tokenized
+    /// each by `encoder`.
+    fn refuse_if_too_long(
+        &self,
+        encoder: &tokenizers::Tokenizer,
+        texts: &[&str],
+        fixed_tokens: usize,
+        limit: usize,
+    ) -> Result<(), TokenizerError> {
+        refuse_certainly_too_long(
+            texts,
+            fixed_tokens,
+            limit,
+            self.longest_token_bytes,
+            COUNT_PIECE_BYTES,
+            |piece| {
+                encoder
+                    .encode_fast(piece, false)
+                    .map(|e| e.len())
+                    .map_err(codec_error)
+            },
+        )
+    }
+
+    /// The most bytes of text one token can stand for, when the tokenizer bounds it: a text of
+    /// n bytes has at least n / this many tokens. The longest token string of the vocabulary
+    /// (its UTF-8 length is at least the bytes it stands for: a byte-level symbol is 1 or 2 bytes
+    /// for one byte, `▁` 3 for a space, `<0x0A>` 6 for one byte); `None` where the tokenizer may
+    /// drop or shorten text before it makes tokens (a normalizer, truncation, an added token
+    /// that swallows the whitespace beside it, a pre-tokenizer that removes what it splits on,
+    /// an unknown-token that covers any run of unknown characters).
+    pub fn longest_token_bytes(&self) -> Option<usize> {
+        self.longest_token_bytes
     }
 
     /// Token ids of plain text (special-token strings in the text become their tokens).
@@ -246,19 +299,28 @@ impl Tokenizer {
         self.inner
             .encode_fast(text, false)
             .map(|e| e.get_ids().to_vec())
-            .map_err(|e| TokenizerError::Codec(e.to_string()))
+            .map_err(codec_error)
     }
 
     /// Text of token ids, special tokens left out.
     pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
-        self.inner
-            .decode(ids, true)
-            .map_err(|e| TokenizerError::Codec(e.to_string()))
+        self.inner.decode(ids, true).map_err(codec_error)
     }
 
     /// The prompt of a chat (see the module docs), ending with `<|assistant|>` so the model writes
     /// the assistant's reply.
     pub fn encode_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, TokenizerError> {
+        self.encode_chat_within(messages, usize::MAX)
+    }
+
+    /// [`Self::encode_chat`], refused with [`TokenizerError::TooLong`] before the chat is
+    /// tokenized whole when it certainly has `limit` tokens or more (see
+    /// [`refuse_certainly_too_long`]).
+    pub fn encode_chat_within(
+        &self,
+        messages: &[ChatMessage],
+        limit: usize,
+    ) -> Result<Vec<u32>, TokenizerError> {
         let (system, user, assistant, end, literal) = match &self.chat {
             ChatFormat::Native {
                 system,
@@ -272,10 +334,15 @@ impl Tokenizer {
                 bos_text,
                 eos_text,
             } => {
+                // The rendered text, not the messages: a template may trim or leave out content.
                 let text = render_template(&spec.template, messages, bos_text, eos_text)?;
+                self.refuse_if_too_long(&self.inner, &[&text], 0, limit)?;
                 return self.encode(&text);
             }
         };
+        let contents: Vec<&str> = messages.iter().map(|m| m.content.as_str()).collect();
+        // A role and an end token per message, and <|assistant|> at the end.
+        self.refuse_if_too_long(literal, &contents, 2 * messages.len() + 1, limit)?;
         let mut ids = Vec::new();
         for m in messages {
             let role = match m.role.as_str() {
@@ -287,7 +354,7 @@ impl Tokenizer {
             ids.push(role);
             let content = literal
                 .encode_fast(m.content.as_str(), false)
-                .map_err(|e| TokenizerError::Codec(e.to_string()))?;
+                .map_err(codec_error)?;
             ids.extend(content.get_ids());
             ids.push(end);
         }
@@ -329,6 +396,128 @@ pub fn render_template(
             add_generation_prompt => true,
         })
         .map_err(fail)
+}
+
+fn codec_error(e: tokenizers::Error) -> TokenizerError {
+    TokenizerError::Codec(e.to_string())
+}
+
+/// [`Tokenizer::longest_token_bytes`] of a tokenizer.
+fn longest_token_bytes(tokenizer: &tokenizers::Tokenizer) -> Option<usize> {
+    use tokenizers::{ModelWrapper, PreTokenizerWrapper as Pre, SplitDelimiterBehavior::Removed};
+    fn keeps_every_byte(pre: &Pre) -> bool {
+        match pre {
+            Pre::ByteLevel(_)
+            | Pre::Metaspace(_)
+            | Pre::Digits(_)
+            | Pre::UnicodeScripts(_)
+            | Pre::FixedLength(_) => true,
+            Pre::Split(split) => split.behavior != Removed,
+            Pre::Punctuation(punctuation) => punctuation.behavior != Removed,
+            Pre::Sequence(sequence) => sequence.as_ref().iter().all(keeps_every_byte),
+            Pre::BertPreTokenizer(_)
+            | Pre::Delimiter(_)
+            | Pre::Whitespace(_)
+            | Pre::WhitespaceSplit(_) => false,
+        }
+    }
+    let unknowns_bounded = match tokenizer.get_model() {
+        ModelWrapper::BPE(bpe) => bpe.unk_token.is_none() || bpe.byte_fallback || !bpe.fuse_unk,
+        _ => false,
+    };
+    let bounded = unknowns_bounded
+        && tokenizer.get_normalizer().is_none()
+        && tokenizer.get_truncation().is_none()
+        && tokenizer.get_pre_tokenizer().is_none_or(keeps_every_byte)
+        && !tokenizer
+            .get_added_tokens_decoder()
+            .values()
+            .any(|t| t.lstrip || t.rstrip);
+    if !bounded {
+        return None;
+    }
+    let longest = tokenizer.get_vocab(true).keys().map(String::len).max()?;
+    // An unknown token that is not fused stands for one character: up to 4 bytes.
+    Some(longest.max(4))
+}
+
+/// Bytes of prompt text tokenized at once when a long prompt's tokens are counted: the
+/// tokenizers crate holds ~200 bytes of memory per byte of text while it encodes.
+const COUNT_PIECE_BYTES: usize = 64 * 1024;
+
+/// How many more tokens the two pieces of a text cut for counting may have than the whole text
+/// has there. A cut before a space that follows a non-space is a boundary of the pre-tokens of
+/// byte-level tokenizers (GPT-2's and Llama-3's split patterns), so both sides tokenize as in
+/// the whole; a cut inside a long run without spaces (where BPE may merge across it), a special
+/// token's text cut in two, or a prefix a normalizer adds to each piece changes in practice only
+/// a few tokens beside the cut. 64 covers that with room to spare, and is small beside the
+/// thousands of tokens of a 64 KiB piece.
+const CUT_SLACK_TOKENS: usize = 64;
+
+/// Refuses, with [`TokenizerError::TooLong`], a prompt of `fixed_tokens` tokens plus the tokens
+/// of `texts` (each tokenized on its own; `count` gives a text's token count) that certainly has
+/// `limit` tokens or more, without tokenizing a long text whole, so that an oversized prompt
+/// costs no more memory than a piece of `piece_bytes`:
+/// 1. by bytes alone, when `longest_token_bytes` bounds the bytes a token stands for;
+/// 2. for prompts over `piece_bytes` and of at least `limit` bytes (a shorter one costs no more
+///    to tokenize whole than a prompt that fits), by counting tokens piece by piece and stopping
+///    once the count, less [`CUT_SLACK_TOKENS`] per cut, reaches the limit.
+///
+/// `Ok` means the prompt may fit: the caller tokenizes it whole and checks the exact count.
+fn refuse_certainly_too_long(
+    texts: &[&str],
+    fixed_tokens: usize,
+    limit: usize,
+    longest_token_bytes: Option<usize>,
+    piece_bytes: usize,
+    mut count: impl FnMut(&str) -> Result<usize, TokenizerError>,
+) -> Result<(), TokenizerError> {
+    let too_long = |at_least: usize| Err(TokenizerError::TooLong { at_least });
+    if let Some(longest) = longest_token_bytes {
+        let at_least = fixed_tokens
+            + texts
+                .iter()
+                .map(|t| t.len().div_ceil(longest))
+                .sum::<usize>();
+        if at_least >= limit {
+            return too_long(at_least);
+        }
+    }
+    let bytes: usize = texts.iter().map(|t| t.len()).sum();
+    if bytes <= piece_bytes || bytes < limit {
+        return Ok(());
+    }
+    let (mut counted, mut cuts) = (fixed_tokens, 0);
+    for text in texts {
+        let mut rest = *text;
+        while !rest.is_empty() {
+            let (piece, after) = rest.split_at(piece_end(rest, piece_bytes));
+            counted += count(piece)?;
+            cuts += usize::from(!after.is_empty());
+            let at_least = counted.saturating_sub(cuts * CUT_SLACK_TOKENS);
+            if at_least >= limit {
+                return too_long(at_least);
+            }
+            rest = after;
+        }
+    }
+    Ok(())
+}
+
+/// Where the next piece of `text` to count ends, at most `max` bytes in: before the last space
+/// that follows a non-space in the second half of that span (see [`CUT_SLACK_TOKENS`]), else at
+/// the last character boundary (after the first character if `max` is shorter than it).
+fn piece_end(text: &str, max: usize) -> usize {
+    if text.len() <= max {
+        return text.len();
+    }
+    let bytes = text.as_bytes();
+    let before_a_space = (max / 2 + 1..=max)
+        .rev()
+        .find(|&i| bytes[i] == b' ' && !bytes[i - 1].is_ascii_whitespace());
+    before_a_space
+        .or_else(|| (1..=max).rev().find(|&i| text.is_char_boundary(i)))
+        .unwrap_or_else(|| text.chars().next().map_or(text.len(), char::len_utf8))
 }
 
 /// A byte-level tokenizer with no merges: the 256 byte tokens after the special tokens, and
@@ -509,5 +698,159 @@ mod tests {
             Tokenizer::from_json("{"),
             Err(TokenizerError::Load(_))
         ));
+    }
+
+    fn user(content: &str) -> Vec<ChatMessage> {
+        vec![ChatMessage {
+            role: "user".into(),
+            content: content.into(),
+        }]
+    }
+
+    fn too_long(result: Result<Vec<u32>, TokenizerError>) -> usize {
+        match result {
+            Err(TokenizerError::TooLong { at_least }) => at_least,
+            other => panic!("expected TooLong, got {other:?}"),
+        }
+    }
+
+    /// The byte-level tokenizer's longest tokens are 13 bytes ("<|assistant|>",
+    /// "<|unused299|>"), so 1 MB has at least 76,924 tokens: refused from its length alone.
+    #[test]
+    fn a_prompt_longer_than_its_bytes_allow_is_refused_by_length() {
+        let t = byte_tokenizer();
+        assert_eq!(t.longest_token_bytes(), Some(13));
+        let megabyte = "fn main() { let x = 1; }\n".repeat(40_000);
+        assert_eq!(megabyte.len(), 1_000_000);
+        let at_least = 1_000_000usize.div_ceil(13);
+        assert_eq!(too_long(t.encode_prompt_within(&megabyte, 256)), at_least);
+        // <|user|> content <|end|> <|assistant|>
+        let chat = t.encode_chat_within(&user(&megabyte), 256);
+        assert_eq!(too_long(chat), at_least + 3);
+        let spec = ChatSpec {
+            template: "{% for m in messages %}<|user|>{{ m.content }}<|end|>{% endfor %}".into(),
+            bos: None,
+            add_bos: false,
+            eos: 4,
+            stop: vec![],
+        };
+        let templated = Tokenizer::with_chat(&byte_level_json(300), spec).unwrap();
+        assert!(too_long(templated.encode_chat_within(&user(&megabyte), 256)) >= at_least);
+
+        // Just under the context: the same tokens as without a limit.
+        let fits = "x".repeat(255);
+        assert_eq!(
+            t.encode_prompt_within(&fits, 256).unwrap(),
+            t.encode(&fits).unwrap()
+        );
+        let fits = user(&"x".repeat(252));
+        let ids = t.encode_chat_within(&fits, 256).unwrap();
+        assert_eq!((ids.len(), ids), (255, t.encode_chat(&fits).unwrap()));
+    }
+
+    /// A byte-level tokenizer with merges up to "xxxx": "xxxx" repeated is a token per 4 bytes.
+    fn merging_tokenizer() -> Tokenizer {
+        let mut json: serde_json::Value = serde_json::from_str(&byte_level_json(300)).unwrap();
+        json["model"]["vocab"]["xx"] = 300.into();
+        json["model"]["vocab"]["xxxx"] = 301.into();
+        json["model"]["merges"] = serde_json::json!(["x x", "xx xx"]);
+        Tokenizer::from_json(&json.to_string()).unwrap()
+    }
+
+    /// 100,000 bytes, 25,000 tokens: more bytes than the limit and over a piece, so counted in
+    /// pieces (65,536 bytes, then the rest, cut without a space), then tokenized whole when it
+    /// fits.
+    #[test]
+    fn a_long_prompt_is_counted_in_pieces_and_tokenized_whole_when_it_fits() {
+        let t = merging_tokenizer();
+        let text = "xxxx".repeat(25_000);
+        let whole = t.encode(&text).unwrap();
+        assert_eq!(whole.len(), 25_000);
+        assert_eq!(t.encode_prompt_within(&text, 25_001).unwrap(), whole);
+        // Over by less than the slack of its one cut: left to the exact count.
+        assert_eq!(t.encode_prompt_within(&text, 24_990).unwrap(), whole);
+        // The first piece alone (16,384 tokens, less 64 for its cut) is over 12,000.
+        assert_eq!(too_long(t.encode_prompt_within(&text, 12_000)), 16_384 - 64);
+    }
+
+    /// [`refuse_certainly_too_long`] counting a token per space; also the pieces it counted.
+    fn count_spaces(
+        texts: &[&str],
+        limit: usize,
+        longest_token_bytes: Option<usize>,
+        piece_bytes: usize,
+    ) -> (Result<(), TokenizerError>, Vec<String>) {
+        let mut pieces = Vec::new();
+        let result =
+            refuse_certainly_too_long(texts, 3, limit, longest_token_bytes, piece_bytes, |p| {
+                pieces.push(p.to_string());
+                Ok(p.matches(' ').count())
+            });
+        (result, pieces)
+    }
+
+    /// Counting stops at the first piece that proves the prompt too long: a megabyte costs the
+    /// tokenizer one piece, never the whole text.
+    #[test]
+    fn counting_in_pieces_stops_as_soon_as_the_prompt_is_certainly_too_long() {
+        // 7 spaces in 25 bytes: 280,000 "tokens".
+        let text = "fn main() { let x = 1; }\n".repeat(40_000);
+        let (result, pieces) = count_spaces(&[&text], 4096, None, COUNT_PIECE_BYTES);
+        assert_eq!(pieces.len(), 1);
+        let first = pieces[0].len();
+        let counted = 3 + pieces[0].matches(' ').count() - CUT_SLACK_TOKENS;
+        assert!(matches!(result, Err(TokenizerError::TooLong { at_least }) if at_least == counted));
+        assert!(first <= COUNT_PIECE_BYTES && first > COUNT_PIECE_BYTES / 2);
+        assert!(text[first..].starts_with(' '), "cut before a space");
+        // With a bound on token length, nothing is tokenized at all.
+        let (result, pieces) = count_spaces(&[&text], 4096, Some(64), COUNT_PIECE_BYTES);
+        assert!(matches!(
+            result,
+            Err(TokenizerError::TooLong { at_least: 15_628 })
+        ));
+        assert!(pieces.is_empty());
+        // A prompt that may fit is counted to its end, every piece bounded, then left to the
+        // exact count; small prompts are not counted.
+        let (result, pieces) = count_spaces(&[&text, "hello"], 280_004, None, 4096);
+        assert!(result.is_ok());
+        assert!(pieces.concat() == text + "hello", "every byte counted once");
+        assert!(pieces.iter().all(|p| p.len() <= 4096));
+        let (result, pieces) = count_spaces(&["a b c d"], 2, None, 4096);
+        assert!(result.is_ok() && pieces.is_empty());
+    }
+
+    #[test]
+    fn pieces_end_before_a_space_or_at_a_character_boundary() {
+        for (text, max, end, why) in [
+            ("abc def", 100, 7, "all of it"),
+            ("abcd efgh ijkl", 11, 9, "before the last space in reach"),
+            ("abcdefgh  ijk", 10, 8, "not inside a run of spaces"),
+            ("ab  cdefghijk", 10, 10, "no space in the second half"),
+            ("日本語日本語", 7, 6, "at a character boundary"),
+            ("日本語", 2, 3, "at least one character"),
+        ] {
+            assert_eq!(piece_end(text, max), end, "{text:?}: {why}");
+        }
+    }
+
+    /// Where text may be dropped before tokens are made, bytes bound nothing.
+    #[test]
+    fn tokenizers_that_may_drop_text_have_no_byte_bound() {
+        let changed = |change: fn(&mut serde_json::Value)| {
+            let mut json = serde_json::from_str(&byte_level_json(300)).unwrap();
+            change(&mut json);
+            Tokenizer::from_json(&json.to_string()).unwrap()
+        };
+        let strips = changed(|json| {
+            json["normalizer"] =
+                serde_json::json!({"type": "Strip", "strip_left": true, "strip_right": true});
+        });
+        assert_eq!(strips.longest_token_bytes(), None);
+        let splits = changed(|json| {
+            json["pre_tokenizer"] = serde_json::json!({"type": "WhitespaceSplit"});
+        });
+        assert_eq!(splits.longest_token_bytes(), None);
+        let swallows = changed(|json| json["added_tokens"][4]["lstrip"] = true.into());
+        assert_eq!(swallows.longest_token_bytes(), None);
     }
 }

@@ -11,6 +11,8 @@
 //! `max_tokens` above the server's cap is refused; below it, it is cut to the room the context
 //! leaves after the prompt (finish reason `length` when that ends the reply).
 
+use std::fmt::Display;
+
 use serde_json::{json, Map, Value};
 
 use crate::backend::{Backend, Outcome, Usage};
@@ -74,7 +76,7 @@ impl ApiError {
         match e {
             SubmitError::ShuttingDown => ApiError::server(503, e.to_string()),
             SubmitError::PromptTooLong { prompt, context } => {
-                context_exceeded(param, *prompt, *context)
+                context_exceeded(param, prompt, *context)
             }
             SubmitError::EmptyPrompt | SubmitError::BadToken(_) => {
                 ApiError::invalid(Some(param), e.to_string())
@@ -84,14 +86,16 @@ impl ApiError {
     }
 }
 
-fn context_exceeded(param: &str, prompt: usize, context: usize) -> ApiError {
+/// `prompt_tokens`: the count, or "at least" one for a prompt refused before it was tokenized
+/// whole.
+fn context_exceeded(param: &str, prompt_tokens: impl Display, context: usize) -> ApiError {
     ApiError {
         code: Some("context_length_exceeded"),
         ..ApiError::invalid(
             Some(param),
             format!(
                 "this model's maximum context length is {context} tokens, and the prompt has \
-                 {prompt}: shorten it"
+                 {prompt_tokens}: shorten it"
             ),
         )
     }
@@ -308,22 +312,24 @@ pub fn parse_job(
     let stop = parse_stop(f.get("stop"))?;
 
     let param = endpoint.prompt_param();
-    let tokenizer_error = |e: TokenizerError| ApiError::invalid(Some(param), e.to_string());
+    let context = backend.context_length();
+    let tokenizer_error = |e: TokenizerError| match e {
+        TokenizerError::TooLong { at_least } => {
+            context_exceeded(param, format_args!("at least {at_least}"), context)
+        }
+        e => ApiError::invalid(Some(param), e.to_string()),
+    };
+    // A prompt that cannot fit is refused before it is tokenized whole: tokenizing costs memory
+    // in proportion to the text (~200 MB for 1 MB).
     let prompt = match endpoint {
         Endpoint::Chat => backend
-            .encode_chat(&parse_messages(f.get("messages"))?)
+            .encode_chat_within(&parse_messages(f.get("messages"))?, context)
             .map_err(tokenizer_error)?,
         Endpoint::Text => backend
-            .encode_prompt(parse_prompt(f.get("prompt"))?)
+            .encode_prompt_within(parse_prompt(f.get("prompt"))?, context)
             .map_err(tokenizer_error)?,
     };
-    let max_tokens = budget(
-        param,
-        &prompt,
-        max_tokens,
-        max_tokens_cap,
-        backend.context_length(),
-    )?;
+    let max_tokens = budget(param, &prompt, max_tokens, max_tokens_cap, context)?;
     Ok(Job {
         endpoint,
         request: GenerationRequest {
@@ -690,6 +696,71 @@ mod tests {
         let json = e.to_json();
         assert_eq!(json["error"]["type"], "invalid_request_error");
         assert_eq!(json["error"]["param"], "messages");
+    }
+
+    /// A text and a chat request whose prompt is `text` (a user message in the chat).
+    fn prompt_requests(text: &str) -> [(Endpoint, String); 2] {
+        [
+            (Endpoint::Text, json!({ "prompt": text }).to_string()),
+            (
+                Endpoint::Chat,
+                json!({"messages": [{"role": "user", "content": text}]}).to_string(),
+            ),
+        ]
+    }
+
+    /// A megabyte prompt is refused with context_length_exceeded before it is tokenized whole
+    /// (what the tokenizer is then given is tested in libs/model's tokenizer.rs); one just under
+    /// the context passes with the tokens it had before.
+    #[test]
+    fn a_prompt_that_cannot_fit_is_refused_before_it_is_tokenized() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = model::ModelConfig {
+            n_layers: 1,
+            context_length: 256,
+            ..model::ModelConfig::preset("tiny").unwrap()
+        };
+        let (gguf, mhc) =
+            model::testmodel::write_random_model(dir.path(), "t", &config, 5).unwrap();
+        let engine =
+            model::load_engine(&gguf, mhc.as_deref(), model::EngineOptions::default()).unwrap();
+        // The lower bounds the refusals give for the text and the chat. Echo: a token per byte,
+        // and a chat adds a marker before and after the message and one at the end. Engine:
+        // byte-level tokens, the longest "<|unused4095|>" (14 bytes), so 1 MB is at least
+        // 71,429 tokens, and the chat markers are tokens of their own.
+        let backends: [(&dyn Backend, [usize; 2]); 2] = [
+            (&echo(), [1_000_000, 1_000_003]),
+            (&engine, [71_429, 71_432]),
+        ];
+        let megabyte = "fn main() { let x = 1; }\n".repeat(40_000);
+        for (backend, at_least) in backends {
+            let context = backend.context_length();
+            for ((endpoint, body), at_least) in prompt_requests(&megabyte).into_iter().zip(at_least)
+            {
+                let e = parse_job(endpoint, body.as_bytes(), backend, 16, 7).unwrap_err();
+                assert_eq!(e.code, Some("context_length_exceeded"), "{e:?}");
+                let expected = format!(
+                    "maximum context length is {context} tokens, and the prompt has at least \
+                     {at_least}:"
+                );
+                assert!(e.message.contains(&expected), "{}", e.message);
+            }
+
+            let under = "x".repeat(context - 1);
+            let [(endpoint, body), _] = prompt_requests(&under);
+            let job = parse_job(endpoint, body.as_bytes(), backend, 16, 7).unwrap();
+            let tokens = backend.encode_prompt(&under).unwrap();
+            assert_eq!((job.request.prompt, job.request.max_tokens), (tokens, 1));
+            let messages = [ChatMessage {
+                role: "user".into(),
+                content: "x".repeat(context - 4),
+            }];
+            let [_, (endpoint, body)] = prompt_requests(&messages[0].content);
+            let job = parse_job(endpoint, body.as_bytes(), backend, 16, 7).unwrap();
+            let tokens = backend.encode_chat(&messages).unwrap();
+            assert_eq!((job.request.prompt, job.request.max_tokens), (tokens, 1));
+        }
+        engine.shutdown();
     }
 
     #[test]

@@ -29,12 +29,25 @@ pub trait Backend: Send + Sync {
     /// Token ids of plain text.
     fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError>;
     /// Token ids of a completion prompt: the text after the model's beginning-of-sequence token
-    /// where the model starts every sequence with one.
+    /// where the model starts every sequence with one. Refused with [`TokenizerError::TooLong`]
+    /// before the text is tokenized whole (which costs memory in proportion) when the prompt
+    /// certainly has `limit` tokens or more.
+    fn encode_prompt_within(&self, text: &str, limit: usize) -> Result<Vec<u32>, TokenizerError>;
+    /// [`Backend::encode_prompt_within`] with no limit.
     fn encode_prompt(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
-        self.encode(text)
+        self.encode_prompt_within(text, usize::MAX)
     }
-    /// Token ids of a chat, ending where the assistant's reply starts.
-    fn encode_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, TokenizerError>;
+    /// Token ids of a chat, ending where the assistant's reply starts; refused as
+    /// [`Backend::encode_prompt_within`] refuses.
+    fn encode_chat_within(
+        &self,
+        messages: &[ChatMessage],
+        limit: usize,
+    ) -> Result<Vec<u32>, TokenizerError>;
+    /// [`Backend::encode_chat_within`] with no limit.
+    fn encode_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, TokenizerError> {
+        self.encode_chat_within(messages, usize::MAX)
+    }
     /// Queues a request; dropping the receiver cancels it.
     fn submit(&self, request: GenerationRequest) -> Result<Receiver<GenerationEvent>, SubmitError>;
     /// Running and queued requests.
@@ -56,12 +69,16 @@ impl Backend for model::Engine {
         self.tokenizer().encode(text)
     }
 
-    fn encode_prompt(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
-        self.tokenizer().encode_prompt(text)
+    fn encode_prompt_within(&self, text: &str, limit: usize) -> Result<Vec<u32>, TokenizerError> {
+        self.tokenizer().encode_prompt_within(text, limit)
     }
 
-    fn encode_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, TokenizerError> {
-        self.tokenizer().encode_chat(messages)
+    fn encode_chat_within(
+        &self,
+        messages: &[ChatMessage],
+        limit: usize,
+    ) -> Result<Vec<u32>, TokenizerError> {
+        self.tokenizer().encode_chat_within(messages, limit)
     }
 
     fn submit(&self, request: GenerationRequest) -> Result<Receiver<GenerationEvent>, SubmitError> {
@@ -121,6 +138,14 @@ impl EchoBackend {
     }
 }
 
+/// The echo backend's early refusal: its token counts are exact before it encodes.
+fn refuse_if_at_limit(tokens: usize, limit: usize) -> Result<(), TokenizerError> {
+    if tokens >= limit {
+        return Err(TokenizerError::TooLong { at_least: tokens });
+    }
+    Ok(())
+}
+
 /// Decrements the active count when dropped: before the last event, or when a generation thread
 /// ends early.
 struct ActiveGuard(Arc<AtomicUsize>);
@@ -144,7 +169,19 @@ impl Backend for EchoBackend {
         Ok(text.bytes().map(u32::from).collect())
     }
 
-    fn encode_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, TokenizerError> {
+    fn encode_prompt_within(&self, text: &str, limit: usize) -> Result<Vec<u32>, TokenizerError> {
+        refuse_if_at_limit(text.len(), limit)?;
+        self.encode(text)
+    }
+
+    fn encode_chat_within(
+        &self,
+        messages: &[ChatMessage],
+        limit: usize,
+    ) -> Result<Vec<u32>, TokenizerError> {
+        // A role and an end marker per message, and the assistant's marker at the end.
+        let tokens = messages.iter().map(|m| m.content.len() + 2).sum::<usize>() + 1;
+        refuse_if_at_limit(tokens, limit)?;
         let mut ids = Vec::new();
         for m in messages {
             ids.push(match m.role.as_str() {
