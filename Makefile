@@ -14,7 +14,7 @@
 CARGO ?= cargo
 BIN := target/release
 
-.PHONY: all build test venv sandbox lint fmt verify bench bench-quick bench-serve bench-load bench-train serve e2e-chat clean \
+.PHONY: all build test venv sandbox lint fmt verify bench bench-quick bench-serve bench-load bench-train fuzz serve e2e-chat clean \
 	corpus tokens train export eval report rl ablations FORCE
 
 all: report
@@ -80,6 +80,16 @@ bench-serve: build
 # model with LOAD_MODEL=path/to/model.gguf (not MODEL, which defaults to the pipeline's model).
 bench-load: build
 	$(BIN)/serve-load --serve $(BIN)/serve -- $(if $(LOAD_MODEL),--model $(LOAD_MODEL),--echo-backend)
+
+# Fuzzing serve's request path (fuzz/fuzz_targets/request.rs: raw bytes as one client connection)
+# for FUZZ_SECONDS (default 600). Needs a nightly toolchain and cargo-fuzz (installed here if
+# missing); not part of `make test`. New inputs go to the first folder, fuzz/corpus/request
+# (gitignored); the committed seeds are only read. Crashes land in fuzz/artifacts/request/.
+FUZZ_SECONDS ?= 600
+fuzz:
+	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz
+	$(CARGO) +nightly fuzz run request --release -- \
+		-max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -timeout=10 fuzz/corpus/request fuzz/seeds/request
 
 # Training throughput of the 5M-parameter model (dim 256, 4 layers, seq 256, batch 8, vocab 4096).
 bench-train: build

@@ -116,19 +116,23 @@ const OTHER_VERSIONS: [&[u8]; 3] = [
     b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
 ];
 
-/// Sends `hello` on a new connection: within 1 s the server must answer 505 or close it (a
-/// close may follow a 505, never another status); a connection left hanging is the bug.
+/// Sends `hello` on a new connection: within 1 s the server must refuse it, with 400 (hyper's
+/// answer to a request line it cannot parse, after which it closes) or 505, or close it; a
+/// connection left hanging is the bug.
 fn refuses_version(addr: &str, hello: &[u8]) -> Result<(), String> {
     let mut s = TcpStream::connect(addr).unwrap();
     s.write_all(hello).unwrap();
-    // Stop reading once a header block is in: a 505 on an open connection is an answer too.
+    // Stop reading once a header block is in: a refusal on an open connection is an answer too.
     let (raw, end) = read_until(&mut s, Duration::from_secs(1), |raw| {
         raw.windows(4).any(|w| w == b"\r\n\r\n")
     });
     let sent = String::from_utf8_lossy(hello);
     match Response::parse(&raw) {
-        Some(r) if r.status == 505 => Ok(()),
-        Some(r) => Err(format!("{sent:?} answered {} instead of 505", r.status)),
+        Some(r) if r.status == 400 || r.status == 505 => Ok(()),
+        Some(r) => Err(format!(
+            "{sent:?} answered {} instead of 400 or 505",
+            r.status
+        )),
         None if raw.is_empty() && end != End::Open => Ok(()),
         None if end == End::Open => Err(format!("{sent:?}: nothing and not closed within 1 s")),
         None => Err(format!(
@@ -570,7 +574,7 @@ fn a_subnormal_temperature_is_greedy() {
     assert_eq!(text(1e-45), text(0.0));
 }
 
-/// The families of a Prometheus text exposition, as the reference parser (the Python
+/// The families of an OpenMetrics text exposition, as the reference parser (the Python
 /// `prometheus_client` package, tests/fixtures/prom_parse.py) reads them.
 fn prometheus_parse(text: &str) -> Vec<Value> {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/prom_parse.py");
@@ -615,8 +619,8 @@ impl Metrics {
         assert_eq!(r.status, 200, "{r:?}");
         let content_type = r.header("content-type").unwrap_or_default();
         assert!(
-            content_type.starts_with("text/plain") && content_type.contains("version=0.0.4"),
-            "/metrics is not the Prometheus text format 0.0.4: Content-Type {content_type}"
+            content_type.starts_with("application/openmetrics-text"),
+            "/metrics is not OpenMetrics text: Content-Type {content_type}"
         );
         Metrics(prometheus_parse(&r.body))
     }

@@ -219,7 +219,11 @@ mod tests {
         ] {
             assert!(a.check_host(ok).is_ok(), "{ok:?}");
         }
-        for bad in ["evil.example", "evil.example:8000", "localhost.evil.example"] {
+        for bad in [
+            "evil.example",
+            "evil.example:8000",
+            "localhost.evil.example",
+        ] {
             let e = a.check_host(Some(bad)).unwrap_err();
             assert_eq!((e.status, e.code), (403, Some("forbidden_host")), "{bad}");
         }
@@ -250,9 +254,18 @@ mod tests {
         assert!(access(None, &[]).check_key(None).is_ok());
         let a = access(Some("s3cret"), &[]);
         assert!(a.check_key(Some("Bearer s3cret")).is_ok());
-        for bad in [None, Some("Bearer wrong"), Some("s3cret"), Some("Bearer s3cre")] {
+        for bad in [
+            None,
+            Some("Bearer wrong"),
+            Some("s3cret"),
+            Some("Bearer s3cre"),
+        ] {
             let e = a.check_key(bad).unwrap_err();
-            assert_eq!((e.status, e.code), (401, Some("invalid_api_key")), "{bad:?}");
+            assert_eq!(
+                (e.status, e.code),
+                (401, Some("invalid_api_key")),
+                "{bad:?}"
+            );
         }
     }
 

@@ -12,22 +12,22 @@
 //! This file parses flags into validated [`Settings`] (two stages), opens the backend and runs one
 //! mode; the server itself is the library (src/lib.rs).
 
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::num::NonZeroU32;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use sha2::{Digest, Sha256};
 use model::{ChatMessage, EngineOptions, GenerationRequest, KvPrecision, SamplingParams};
 use serve::access::{self, Access};
 use serve::api;
 use serve::backend::{self, Backend, EchoBackend, FollowError};
 use serve::bench::{self, BenchOptions};
 use serve::server::{self, Server};
+use sha2::{Digest, Sha256};
 
 /// Context length of the echo backend.
 const ECHO_CONTEXT: usize = 4096;

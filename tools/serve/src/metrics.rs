@@ -213,11 +213,17 @@ mod tests {
         });
         let requests = "nanochat_http_requests_total";
         assert_eq!(
-            value(&text, &format!(r#"{requests}{{route="/v1/completions",status="200"}}"#)),
+            value(
+                &text,
+                &format!(r#"{requests}{{route="/v1/completions",status="200"}}"#)
+            ),
             2.0
         );
         assert_eq!(
-            value(&text, &format!(r#"{requests}{{route="other",status="404"}}"#)),
+            value(
+                &text,
+                &format!(r#"{requests}{{route="other",status="404"}}"#)
+            ),
             1.0
         );
         assert_eq!(value(&text, "nanochat_prompt_tokens_total"), 7.0);

@@ -39,7 +39,7 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{json, Value};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use tokio::sync::{watch, Semaphore};
@@ -192,6 +192,35 @@ impl Server {
         }
     }
 
+    /// Serves one connection whose client sends `request` and then closes its side, from
+    /// memory instead of a socket, and returns every byte the server wrote back: the same
+    /// parsing, limits and handlers as a real connection (the request fuzz target's way in).
+    pub fn answer_in_memory(&self, request: &[u8]) -> io::Result<Vec<u8>> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (client, server_side) = tokio::io::duplex(64 << 10);
+        let peer = SocketAddr::from(([127, 0, 0, 1], 0));
+        let ctx = Arc::clone(&self.ctx);
+        let stopped = self.shutdown.subscribe();
+        runtime.block_on(async move {
+            let server = tokio::spawn(async move {
+                serve_connection(server_side, peer, &ctx, stopped, true).await;
+            });
+            let (mut from_server, mut to_server) = tokio::io::split(client);
+            // Written while the answer is read: the server may answer (413, a parse error) and
+            // close before it has read everything, and then the rest is of no use.
+            let send = async {
+                let _ = to_server.write_all(request).await;
+                let _ = to_server.shutdown().await;
+            };
+            let mut answer = Vec::new();
+            let ((), read) = tokio::join!(send, from_server.read_to_end(&mut answer));
+            let _ = server.await;
+            read.map(|_| answer)
+        })
+    }
+
     /// Serves until [`Stopper::stop`]; returns when the connections have finished (or after a
     /// grace period).
     pub fn run(self) -> io::Result<()> {
@@ -226,9 +255,10 @@ impl Server {
             let ctx = Arc::clone(&self.ctx);
             match Arc::clone(&ctx.connection_slots).try_acquire_owned() {
                 Ok(slot) => {
+                    let _ = stream.set_nodelay(true);
                     let stopped = self.shutdown.subscribe();
                     connections.spawn(async move {
-                        serve_connection(stream, peer, &ctx, stopped).await;
+                        serve_connection(stream, peer, &ctx, stopped, false).await;
                         drop(slot);
                     });
                 }
@@ -240,7 +270,10 @@ impl Server {
         }
         drop(listener);
         let finished = async { while connections.join_next().await.is_some() {} };
-        if tokio::time::timeout(SHUTDOWN_GRACE, finished).await.is_err() {
+        if tokio::time::timeout(SHUTDOWN_GRACE, finished)
+            .await
+            .is_err()
+        {
             tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}: closing them");
         }
         Ok(())
@@ -268,14 +301,20 @@ async fn refuse(mut stream: TcpStream) {
 
 /// Serves HTTP/1.1 on one connection until the client closes it, a limit closes it, or the
 /// server stops (then it ends after the request in flight).
-async fn serve_connection(
-    stream: TcpStream,
+///
+/// `half_close`: whether the client's end of input still lets the server answer what it sent
+/// (for the in-memory connection); on sockets it does not, so that a client that hangs up
+/// cancels its request at once.
+async fn serve_connection<S>(
+    stream: S,
     peer: SocketAddr,
     ctx: &Arc<Context>,
     mut stopped: watch::Receiver<bool>,
-) {
+    half_close: bool,
+) where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
     ctx.metrics.connection_opened();
-    let _ = stream.set_nodelay(true);
     let mut stream = TimeoutStream::new(stream);
     stream.set_write_timeout(Some(ctx.config.write_timeout));
     let io = TokioIo::new(Box::pin(stream));
@@ -286,6 +325,7 @@ async fn serve_connection(
         .header_read_timeout(ctx.config.read_timeout)
         .max_header_size(MAX_HEADER_BYTES)
         .max_headers(MAX_HEADERS)
+        .half_close(half_close)
         .serve_connection(io, service);
     let mut connection = std::pin::pin!(connection);
     tokio::select! {
@@ -453,8 +493,7 @@ async fn answer(
         Err(e) => return e.into(),
     }
     if served.route != Route::Health {
-        if let Some(Err(retry_after)) = ctx.rate_limit.as_ref().map(|l| l.check(served.peer.ip()))
-        {
+        if let Some(Err(retry_after)) = ctx.rate_limit.as_ref().map(|l| l.check(served.peer.ip())) {
             let mut response = error(&access::rate_limited(retry_after));
             response
                 .headers_mut()
@@ -638,11 +677,9 @@ impl BodyError {
     fn to_api(&self, cap: usize) -> ApiError {
         match self {
             BodyError::TooLarge => too_large(cap),
-            BodyError::Stalled => ApiError::request(
-                408,
-                "request_timeout",
-                "the request body stopped arriving",
-            ),
+            BodyError::Stalled => {
+                ApiError::request(408, "request_timeout", "the request body stopped arriving")
+            }
             BodyError::Malformed(e) => {
                 ApiError::invalid(None, format!("the request body could not be read: {e}"))
             }
@@ -731,8 +768,7 @@ async fn generate(
     }
     // None: a timeout too large to add to the clock is none.
     let deadline = served.arrived.checked_add(ctx.config.request_timeout);
-    let body = match read_body(request.into_body(), cap, ctx.config.read_timeout, deadline).await
-    {
+    let body = match read_body(request.into_body(), cap, ctx.config.read_timeout, deadline).await {
         Ok(body) => body,
         Err(e) => return Answer::Done(error_and_close(&e.to_api(cap)), None),
     };

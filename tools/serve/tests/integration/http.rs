@@ -206,7 +206,9 @@ fn bad_requests_get_openai_errors() {
 fn a_body_declared_enormous_gets_413_unread_and_the_server_lives_on() {
     let server = TestServer::start(config(), Duration::ZERO);
     let mut stream = TcpStream::connect(server.addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     stream
         .write_all(
             b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
