@@ -366,3 +366,34 @@ fn stopping_ends_running_streams_with_an_error_event() {
     assert_eq!(last["error"]["type"], "server_error", "{last}");
     assert!(events.len() > 2 && events.len() < 100, "{}", events.len());
 }
+
+#[test]
+fn a_client_that_stops_reading_is_disconnected_after_the_write_timeout() {
+    let server = TestServer::start(
+        util::Config {
+            write_timeout: Duration::from_secs(1),
+            ..config()
+        },
+        Duration::ZERO,
+    );
+    // 2,000 pipelined page requests: ~20 MB of answers, far more than the socket buffers hold,
+    // and the client reads nothing until the server has had time to give up on it.
+    let pipelined = "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".repeat(2000);
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    stream.write_all(pipelined.as_bytes()).unwrap();
+    thread::sleep(Duration::from_secs(3));
+    let mut answers = Vec::new();
+    // Ends (EOF, or a reset once the buffered answers are read) because the server closed it.
+    let _ = stream.read_to_end(&mut answers);
+    let pages = String::from_utf8_lossy(&answers)
+        .matches("HTTP/1.1 200 OK")
+        .count();
+    assert!(
+        (1..2000).contains(&pages),
+        "{pages} pages: the connection should have been closed while the client did not read"
+    );
+    assert_eq!(get(server.addr, "/health").status, 200);
+}
