@@ -46,15 +46,21 @@ Examples:
        -d '{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"stream\":true}'
 
 Routes: POST /v1/chat/completions, POST /v1/completions (OpenAI request and response shapes,
-\"stream\": true for server-sent events, stream_options.include_usage), GET /v1/models,
-GET /health (status and engine load), GET / (a chat page). Besides OpenAI's fields, requests
-take top_k and repetition_penalty. Errors are OpenAI error objects with status 400 (bad field,
-prompt over the context: code context_length_exceeded), 404, 405, 413, 500 or 503.
+\"stream\": true for server-sent events, stream_options.include_usage), GET /v1/models and
+GET /v1/models/{id} (with the model file's sha256), GET /health (status and engine load),
+GET /metrics (OpenMetrics text for Prometheus), GET / (a chat page), OPTIONS (CORS preflight).
+Besides OpenAI's fields, requests take top_k and repetition_penalty. Errors are OpenAI error
+objects with status 400 (bad field or framing; prompt over the context: code
+context_length_exceeded), 401 (API key), 403 (foreign Origin or Host), 404, 405, 408 (body stopped
+arriving), 413, 415 (POST body not application/json), 429 (rate limit, with Retry-After), 431
+(headers over 16 KiB or 100), 500 or 503 (shutting down, or --max-connections open).
 
-Limits: a body over --max-body-bytes gets 413; max_tokens over --max-tokens-cap gets 400, and the
-default is the cap, both cut to the room the context leaves after the prompt. A request still
-running after --request-timeout-s is cancelled and answered with its text so far and finish
-reason \"length\". A streaming client that disconnects cancels its request.
+Limits: a body over --max-body-bytes gets 413 before it is read; max_tokens over
+--max-tokens-cap gets 400, and the default is the cap, both cut to the room the context leaves
+after the prompt; a prompt that cannot fit the context is refused before it is tokenized whole.
+A request still running after --request-timeout-s is cancelled and answered with its text so far
+and finish reason \"length\". A client that disconnects, or stops reading for
+--write-timeout-s, cancels its request. One log line per request on stderr (RUST_LOG=warn: none).
 
 SIGINT or SIGTERM stops the server: running requests end with an error event, then it exits 0;
 a second signal exits at once.
@@ -301,8 +307,8 @@ struct Cli {
     )]
     port: u16,
 
-    /// Worker threads, the most requests handled at once; each running stream holds one (default:
-    /// --max-batch + 4).
+    /// The most generation requests handled at once, streams included (default: --max-batch +
+    /// 4); more wait for a slot. /health, /metrics and /v1/models never wait for one.
     ///
     /// Example: --workers 32
     #[arg(long, value_name = "N", help_heading = "Server")]
