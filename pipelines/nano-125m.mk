@@ -1,6 +1,7 @@
 # nano-125m: dim 768, 12 layers, 12 heads (4 kv heads), vocab 32768, 2,048-token context; about
-# 125 M parameters. Sized for a GPU machine (train is built with `--features cuda` there) or a long
-# CPU run: at the tiny preset's CPU speed scaled by parameters this is days, not minutes, on 2 cores.
+# 125 M parameters. Sized for a long run: `train` runs on the CPU only (there is no `cuda` feature
+# and no device flag; a GPU path is issue 30's work), and at the tiny preset's CPU speed scaled by
+# parameters this is days, not minutes, on 2 cores.
 # `PIPELINE=nano-125m make` runs it with the same steps as the tiny pipeline.
 
 CONFIG := nano-125m

@@ -1,7 +1,8 @@
 //! Compiles the C kernels (csrc/kernels.c). No -march flag: every SIMD function carries its own
 //! target attribute and is only called after runtime CPU detection, so the library runs on any
 //! x86-64 and builds elsewhere with the portable kernel only. -ffp-contract=off keeps the compiler
-//! from fusing or splitting multiply-adds (DESIGN.md, "Numerics": every FMA is written out).
+//! from fusing or splitting multiply-adds (docs/ARCHITECTURE.md, "Numerics": every FMA is written
+//! out).
 
 fn main() {
     println!("cargo:rerun-if-changed=csrc/kernels.c");

@@ -1,7 +1,7 @@
-//! The command-line conventions every tool shares (DESIGN.md, "Tool conventions"): `--help` and
-//! `--version` print on stdout and succeed; a usage error is one line on stderr, naming the tool and
-//! pointing at `--help`, with exit code 2. Unlike the other libraries this one does print: printing
-//! these messages is the convention it exists to keep in one place.
+//! The command-line conventions every tool shares (docs/ARCHITECTURE.md, "Tool conventions"):
+//! `--help` and `--version` print on stdout and succeed; a usage error is one line on stderr,
+//! naming the tool and pointing at `--help`, with exit code 2. Unlike the other libraries this one
+//! does print: printing these messages is the convention it exists to keep in one place.
 
 use std::process::ExitCode;
 

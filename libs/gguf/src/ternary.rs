@@ -1,4 +1,4 @@
-//! Ternary weights in GGUF (DESIGN.md, "File formats"): a weight `name` of shape `[rows, cols]` is
+//! Ternary weights in GGUF (docs/formats.md, "GGUF"): a weight `name` of shape `[rows, cols]` is
 //! the pair
 //! - `name`: I8, shape `[rows, ceil(cols / 4)]` (ne = `[ceil(cols / 4), rows]`), the packed 2-bit
 //!   codes of `ternary::trit` (weight `j` of a row in byte `j / 4` at bits `2 * (j % 4)`);

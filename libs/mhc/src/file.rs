@@ -1,4 +1,5 @@
-//! `.mhc` files: all mHC parameters of a model, exactly as DESIGN.md defines them.
+//! `.mhc` files: all mHC parameters of a model, exactly as docs/formats.md (".mhc") defines
+//! them.
 //!
 //! Owns the byte layout, its strict reader (every size checked before use, never a panic, never an
 //! allocation sized by an unchecked count), the writer (temp file in the same folder, then rename)

@@ -1,5 +1,5 @@
 //! mHC-lite: residual stream mixing for N = 2 and N = 4 streams, with exactly doubly-stochastic
-//! H_res (DESIGN.md "Numerics", RESEARCH.md §2).
+//! H_res (docs/ARCHITECTURE.md, "mHC-lite": the formulas and the papers they come from).
 //!
 //! Owns: the stream count and per-module parameters with their initialisation ([`params`]), the
 //! fixed order of the 24 permutations of S4 ([`perm`]), the matrices and the four batch

@@ -1,4 +1,4 @@
-//! Ternary weights as the whole pipeline sees them (DESIGN.md, "Numerics").
+//! Ternary weights as the whole pipeline sees them (docs/ARCHITECTURE.md, "Numerics").
 //!
 //! Owns: the 2-bit trit codes ([`trit`]), absmean group quantization of weights and absmax int8
 //! quantization of activations ([`quant`]), planar runtime weights ([`planar`]), the Rust reference

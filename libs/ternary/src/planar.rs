@@ -1,5 +1,5 @@
-//! Planar runtime weights: the form every kernel reads (DESIGN.md, "Numerics": codes and scales in
-//! separate 128-byte-aligned buffers, never an interleaved `[codes|scale]` stride).
+//! Planar runtime weights: the form every kernel reads (docs/ARCHITECTURE.md, "Numerics": codes
+//! and scales in separate 128-byte-aligned buffers, never an interleaved `[codes|scale]` stride).
 //!
 //! Layout (documented in docs/formats.md):
 //! - Rows are padded to a multiple of [`ROW_TILE`] (padding rows have zero codes and zero scales), so

@@ -1,4 +1,5 @@
-//! The two quantizers of DESIGN.md ("Numerics"), one definition for training, export and inference.
+//! The two quantizers of docs/ARCHITECTURE.md ("Numerics"), one definition for training, export
+//! and inference.
 //!
 //! - Weights: per group of [`GROUP_SIZE`] weights along the input dimension, `s = max(mean|w|, eps)`,
 //!   `q = clamp(round(w / s), -1, 1)`; the dequantized weight is `q * s`.

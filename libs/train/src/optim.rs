@@ -1,4 +1,5 @@
-//! The optimizers of a training run (DESIGN.md "Training", RESEARCH.md §4).
+//! The optimizers of a training run (docs/ARCHITECTURE.md, "Training methods": the update rules
+//! and their sources).
 //!
 //! Owns [`Optimizer`]: one update over named parameters, each in a [`ParamGroup`] — Muon
 //! (Newton–Schulz orthogonalised Nesterov momentum, for the 2-D hidden weights) or Lion (sign of

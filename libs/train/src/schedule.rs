@@ -1,5 +1,5 @@
 //! The learning-rate schedule of a run: Warmup-Stable-Decay (MiniCPM, as nanochat's
-//! `base_train.py` uses it; RESEARCH.md §4).
+//! `base_train.py` uses it; docs/ARCHITECTURE.md, "Training methods").
 //!
 //! Owns [`Wsd`]: the multiplier of the peak learning rate for each optimizer step — a linear
 //! warmup, a constant stretch, then a linear decay to a final fraction over the last share of the

@@ -1,5 +1,5 @@
-//! Bit-for-bit comparison of a kernel's outputs with the reference's (DESIGN.md, "Numerics": the
-//! triangle of truth asserts equality, not closeness).
+//! Bit-for-bit comparison of a kernel's outputs with the reference's (docs/ARCHITECTURE.md,
+//! "Numerics": the triangle of truth asserts equality, not closeness).
 //!
 //! Two f32 are equal here when their bit patterns are: `-0.0` differs from `0.0`, and two NaNs
 //! with different payloads or signs differ. Owns only the comparison; which outputs are compared,

@@ -1,6 +1,7 @@
-//! verify-triangle: the "triangle of truth" of DESIGN.md ("Numerics"). Every kernel path compiled
-//! into the binary — `gemv`, `par_gemv`, `gemm`, `par_gemm` of every [`Kernel`] — is compared
-//! with the Rust reference (`ternary::reference::gemv` / `gemm`) bit for bit, on generated cases.
+//! verify-triangle: the "triangle of truth" (docs/ARCHITECTURE.md, "The triangle of truth"). Every
+//! kernel path compiled into the binary — `gemv`, `par_gemv`, `gemm`, `par_gemm` of every
+//! [`Kernel`] — is compared with the Rust reference (`ternary::reference::gemv` / `gemm`) bit for
+//! bit, on generated cases.
 //!
 //! Where things live: [`cli`] the flags, [`cases`] what is generated (shapes, kinds, seeds),
 //! [`verify`] the comparison engine ([`verify::verify_weights`] takes any `PlanarWeights`, so
