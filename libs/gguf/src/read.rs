@@ -163,6 +163,31 @@ impl Gguf<memmap2::Mmap> {
         let map = unsafe { memmap2::Mmap::map(&file)? };
         Self::parse(map)
     }
+
+    /// Takes the pages under `bytes` (a slice of this file's data, e.g. a tensor's) out of this
+    /// process's resident memory: they stay in the page cache, and reading them again maps the
+    /// same bytes back. A loader that copies tensors out calls it after each copy, so that loading
+    /// peaks near the size of what it keeps instead of that plus the whole file. Best effort: a
+    /// slice from elsewhere, or a refusal of the kernel, leaves everything as it was.
+    pub fn release(&self, bytes: &[u8]) {
+        let map = self.bytes.as_ref();
+        let Some(offset) = (bytes.as_ptr() as usize).checked_sub(map.as_ptr() as usize) else {
+            return;
+        };
+        if offset.saturating_add(bytes.len()) > map.len() {
+            return;
+        }
+        // SAFETY: MADV_DONTNEED on this read-only shared file mapping only drops page-table
+        // entries; the next access faults the file's bytes back in, and the file is never changed
+        // in place (see `open`), so every slice borrowed from the map keeps its contents.
+        let _ = unsafe {
+            self.bytes.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                offset,
+                bytes.len(),
+            )
+        };
+    }
 }
 
 impl<B: AsRef<[u8]>> Gguf<B> {

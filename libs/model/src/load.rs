@@ -196,26 +196,36 @@ impl TensorReader<'_> {
                 t.info.shape()
             ));
         }
-        match t.info.ggml_type() {
-            GgmlType::F32 => Ok(Embedding::F32(
-                t.f32_values().expect("checked F32").into_owned(),
-            )),
-            GgmlType::F16 => Ok(Embedding::F16(
-                t.data
-                    .chunks_exact(2)
-                    .map(|b| f16::from_le_bytes([b[0], b[1]]))
-                    .collect(),
-            )),
-            GgmlType::Bf16 => Ok(Embedding::Bf16(
-                t.data
-                    .chunks_exact(2)
-                    .map(|b| bf16::from_le_bytes([b[0], b[1]]))
-                    .collect(),
-            )),
-            other => Err(format!(
-                "tensor {name:?} is {other}, expected F32, F16 or BF16"
-            )),
+        let table = match t.info.ggml_type() {
+            GgmlType::F32 => Embedding::F32(
+                self.convert(t.data, 4, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            ),
+            GgmlType::F16 => {
+                Embedding::F16(self.convert(t.data, 2, |b| f16::from_le_bytes([b[0], b[1]])))
+            }
+            GgmlType::Bf16 => {
+                Embedding::Bf16(self.convert(t.data, 2, |b| bf16::from_le_bytes([b[0], b[1]])))
+            }
+            other => {
+                return Err(format!(
+                    "tensor {name:?} is {other}, expected F32, F16 or BF16"
+                ))
+            }
+        };
+        Ok(table)
+    }
+
+    /// Decodes little-endian values of `size` bytes from the mapped `data`, a piece at a time,
+    /// each piece's pages released once decoded: a 128K-token f16 table (657 MB) no longer sits
+    /// in memory twice, mapped and copied, at the start of loading.
+    fn convert<T>(&self, data: &[u8], size: usize, value: impl Fn(&[u8]) -> T) -> Vec<T> {
+        const PIECE_BYTES: usize = 16 << 20;
+        let mut values = Vec::with_capacity(data.len() / size);
+        for piece in data.chunks(PIECE_BYTES - PIECE_BYTES % size) {
+            values.extend(piece.chunks_exact(size).map(&value));
+            self.file.release(piece);
         }
+        values
     }
 
     /// An F32 vector of `len` values, all finite.
@@ -233,7 +243,9 @@ impl TensorReader<'_> {
         if let Some(i) = values.iter().position(|v| !v.is_finite()) {
             return Err(format!("tensor {name:?} has a non-finite value at {i}"));
         }
-        Ok(values.into_owned())
+        let values = values.into_owned();
+        self.file.release(t.data);
+        Ok(values)
     }
 
     /// Ternary weights `(name, rows)` of `cols` columns each, stacked row-wise into one planar
@@ -262,19 +274,24 @@ impl TensorReader<'_> {
                 ));
             }
             let scales = pair.scales.f32_values().expect("checked F32");
-            found.push((*part_rows, pair.codes.data, scales));
+            found.push((*part_rows, pair.codes.data, scales, pair.scales.data));
         }
         let stacked: Vec<(usize, &[u8], &[f32])> = found
             .iter()
-            .map(|(rows, codes, scales)| (*rows, *codes, scales.as_ref()))
+            .map(|(rows, codes, scales, _)| (*rows, *codes, scales.as_ref()))
             .collect();
         let names: Vec<&str> = parts.iter().map(|(n, _)| n.as_str()).collect();
         // Scales that the model's granularity says are shared are stored once (planar.rs): the
         // same results from fewer bytes, and an error if the file's scales are not that uniform.
-        PlanarWeights::from_packed_parts(cols, &stacked)
+        let planar = PlanarWeights::from_packed_parts(cols, &stacked)
             .and_then(|w| w.share_scales(self.scale_granularity.scale_shift()))
             .map(|w| w.into_layout(self.kernel.code_layout()))
-            .map_err(|e| format!("ternary weight {}: {e}", names.join(" + ")))
+            .map_err(|e| format!("ternary weight {}: {e}", names.join(" + ")))?;
+        for (_, codes, _, scales) in &found {
+            self.file.release(codes);
+            self.file.release(scales);
+        }
+        Ok(planar)
     }
 
     fn check_no_extra_tensors(&self) -> Result<(), String> {

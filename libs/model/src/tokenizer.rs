@@ -95,7 +95,6 @@ pub struct ChatMessage {
 /// A loaded tokenizer with its special token ids.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
-    json: String,
     /// See [`Tokenizer::longest_token_bytes`].
     longest_token_bytes: Option<usize>,
     end_of_text: u32,
@@ -134,7 +133,6 @@ impl Tokenizer {
         };
         Ok(Self::assemble(
             inner,
-            json,
             end_of_text,
             vec![end, end_of_text],
             chat,
@@ -170,7 +168,7 @@ impl Tokenizer {
             bos_text,
             eos_text,
         };
-        let tokenizer = Self::assemble(inner, json, eos, stop, chat);
+        let tokenizer = Self::assemble(inner, eos, stop, chat);
         tokenizer.encode_chat(&[ChatMessage {
             role: "user".into(),
             content: "hello".into(),
@@ -180,7 +178,6 @@ impl Tokenizer {
 
     fn assemble(
         inner: tokenizers::Tokenizer,
-        json: &str,
         end_of_text: u32,
         stop: Vec<u32>,
         chat: ChatFormat,
@@ -188,7 +185,6 @@ impl Tokenizer {
         Tokenizer {
             longest_token_bytes: longest_token_bytes(&inner),
             inner,
-            json: json.to_string(),
             end_of_text,
             stop,
             chat,
@@ -201,11 +197,6 @@ impl Tokenizer {
             ChatFormat::Template { spec, .. } => Some(spec),
             ChatFormat::Native { .. } => None,
         }
-    }
-
-    /// The `tokenizer.json` document this was loaded from.
-    pub fn json(&self) -> &str {
-        &self.json
     }
 
     /// Tokens, including the special ones.
