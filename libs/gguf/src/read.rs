@@ -1002,6 +1002,44 @@ mod tests {
         assert_eq!(folder.to_string(), "cannot read the file: it is a folder");
     }
 
+    /// This process's resident file-backed memory in kB (RssFile), on Linux.
+    fn resident_file_kb() -> Option<u64> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find(|l| l.starts_with("RssFile:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+
+    #[test]
+    fn released_pages_leave_memory_and_read_back_the_same() {
+        let dir = crate::testutil::scratch_dir();
+        let path = dir.path().join("big.gguf");
+        let mut layout = crate::Layout::new();
+        layout
+            .add_tensor("big", GgmlType::F32, &[16 << 20])
+            .unwrap();
+        let data = crate::testutil::tensor_bytes(64 << 20, 7);
+        let mut writer = crate::GgufWriter::create(&path, &layout).unwrap();
+        writer.write_tensor("big", &data).unwrap();
+        writer.finish().unwrap();
+
+        let file = GgufFile::open(&path).unwrap();
+        let tensor = file.tensor("big").unwrap();
+        let Some(before) = resident_file_kb() else {
+            return; // no /proc: nothing to measure
+        };
+        assert_eq!(tensor.data, &data[..], "read through the map");
+        let mapped = resident_file_kb().unwrap();
+        file.release(tensor.data);
+        let released = resident_file_kb().unwrap();
+        assert!(
+            mapped >= before + 60_000 && released + 60_000 <= mapped,
+            "RssFile: {before} kB, {mapped} kB read, {released} kB released"
+        );
+        assert_eq!(tensor.data, &data[..], "read again after the release");
+        // A slice that is not the file's is left alone.
+        file.release(&data);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
 
