@@ -6,12 +6,14 @@
 //! - [`syntax`]: trivial answers (`todo!()`, a lone literal...) and code metrics, by syn.
 //! - [`check`]: compiling and running each sample in its own sandboxed temporary folder.
 //! - [`metrics`]: the unbiased pass@k estimator.
+//! - [`contamination`]: which texts hold an evaluation prompt (the corpus step's rule).
 //!
 //! [`evaluate`] runs them in that order and returns every sample's verdict and the summary.
 //! No printing, no exiting: eval-compile and maxrl decide that.
 
 pub mod braces;
 pub mod check;
+pub mod contamination;
 pub mod extract;
 pub mod generate;
 pub mod metrics;
