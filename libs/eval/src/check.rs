@@ -92,6 +92,29 @@ pub enum TestOutcome {
     Timeout,
 }
 
+/// One rustc run with its diagnostics kept (rustc's JSON lines): a caller that puts many functions
+/// in one file reads the error spans to learn which of them failed (see [`crate::harvest`]).
+#[derive(Clone, Debug)]
+pub struct Compilation {
+    pub outcome: CompileOutcome,
+    pub diagnostics: String,
+}
+
+/// How a test program's build and run ended, with what the binary printed.
+#[derive(Clone, Debug)]
+pub enum TestRun {
+    /// The tests did not build (or the build ran past its time limit).
+    BuildFailed(Compilation),
+    /// Killed at the run time limit.
+    TimedOut {
+        output: String,
+    },
+    Exited {
+        status: ExitStatus,
+        output: String,
+    },
+}
+
 /// Both checks of one sample.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckResult {
@@ -317,29 +340,50 @@ impl Sandbox {
     /// Compiles `body` in `task` as a library and, when that works and the task has tests,
     /// builds and runs them. `Err` only when the checker itself fails (no temp folder, no rustc).
     pub fn check(&self, task: &Task, body: &str) -> Result<CheckResult, String> {
-        let dir = tempfile::Builder::new()
-            .prefix("eval-sample-")
-            .tempdir()
-            .map_err(|e| format!("cannot create a temporary folder: {e}"))?;
+        let dir = sample_dir()?;
         let dir = dir.path();
-        let library = dir.join("sample.rs");
-        write(&library, &library_program(task, body))?;
-        let compile = self.rustc(
-            dir,
-            &[
-                "--crate-type",
-                "lib",
-                "--emit=metadata",
-                "-o",
-                "libsample.rmeta",
-                "sample.rs",
-            ],
-        )?;
+        let compile = self
+            .compile_library_in(dir, &library_program(task, body), &[])?
+            .outcome;
         let tests = match (&compile, test_program(task, body)) {
             (CompileOutcome::Ok, Some(program)) => Some(self.run_tests(dir, &program)?),
             _ => None,
         };
         Ok(CheckResult { compile, tests })
+    }
+
+    /// Compiles `program` as a library (metadata only) in its own folder, rustc's diagnostics
+    /// kept; `extra_args` go to rustc after the usual ones (`--force-warn unused_imports`).
+    pub fn compile_library(
+        &self,
+        program: &str,
+        extra_args: &[&str],
+    ) -> Result<Compilation, String> {
+        self.compile_library_in(sample_dir()?.path(), program, extra_args)
+    }
+
+    /// Builds `program`'s tests in their own folder and runs them (one test at a time).
+    pub fn run_test_program(&self, program: &str) -> Result<TestRun, String> {
+        self.build_and_run_tests(sample_dir()?.path(), program)
+    }
+
+    fn compile_library_in(
+        &self,
+        dir: &Path,
+        program: &str,
+        extra_args: &[&str],
+    ) -> Result<Compilation, String> {
+        write(&dir.join("sample.rs"), program)?;
+        let mut args = vec![
+            "--crate-type",
+            "lib",
+            "--emit=metadata",
+            "-o",
+            "libsample.rmeta",
+        ];
+        args.extend_from_slice(extra_args);
+        args.push("sample.rs");
+        self.rustc(dir, &args)
     }
 
     /// The folder becomes the unprivileged user's, so the test binary can write in it (its
@@ -353,6 +397,26 @@ impl Sandbox {
     }
 
     fn run_tests(&self, dir: &Path, program: &str) -> Result<TestOutcome, String> {
+        Ok(match self.build_and_run_tests(dir, program)? {
+            TestRun::BuildFailed(Compilation {
+                outcome: CompileOutcome::Error(codes),
+                ..
+            }) => TestOutcome::Fail(format!(
+                "does not compile with its tests: {}",
+                codes.join(", ")
+            )),
+            TestRun::BuildFailed(_) => {
+                TestOutcome::Fail("the test build ran past its time limit".into())
+            }
+            TestRun::TimedOut { .. } => TestOutcome::Timeout,
+            TestRun::Exited { status, .. } if status.success() => TestOutcome::Pass,
+            TestRun::Exited { status, output } => {
+                TestOutcome::Fail(failure_detail(status, &output))
+            }
+        })
+    }
+
+    fn build_and_run_tests(&self, dir: &Path, program: &str) -> Result<TestRun, String> {
         write(&dir.join("sample_tests.rs"), program)?;
         // `#[test]` functions build with the test harness; MultiPL-E tests are a `fn main`.
         let harness = program.contains("#[test]");
@@ -360,35 +424,23 @@ impl Sandbox {
         if harness {
             args.insert(0, "--test");
         }
-        match self.rustc(dir, &args)? {
-            CompileOutcome::Ok => {}
-            CompileOutcome::Error(codes) => {
-                return Ok(TestOutcome::Fail(format!(
-                    "does not compile with its tests: {}",
-                    codes.join(", ")
-                )))
-            }
-            CompileOutcome::Timeout => {
-                return Ok(TestOutcome::Fail(
-                    "the test build ran past its time limit".into(),
-                ))
-            }
+        let build = self.rustc(dir, &args)?;
+        if build.outcome != CompileOutcome::Ok {
+            return Ok(TestRun::BuildFailed(build));
         }
         self.hand_over(dir)?;
         let args: &[&str] = if harness { &["--test-threads=1"] } else { &[] };
         let command = self.run_command(&self.isolation, dir, "./sample_tests", args);
         let output = dir.join("run.out");
-        match self.run(command, &output, self.options.run_timeout)? {
-            Finished::TimedOut => Ok(TestOutcome::Timeout),
-            Finished::Exited(status) if status.success() => Ok(TestOutcome::Pass),
-            Finished::Exited(status) => {
-                let text = std::fs::read_to_string(&output).unwrap_or_default();
-                Ok(TestOutcome::Fail(failure_detail(status, &text)))
-            }
-        }
+        let finished = self.run(command, &output, self.options.run_timeout)?;
+        let output = std::fs::read_to_string(&output).unwrap_or_default();
+        Ok(match finished {
+            Finished::TimedOut => TestRun::TimedOut { output },
+            Finished::Exited(status) => TestRun::Exited { status, output },
+        })
     }
 
-    fn rustc(&self, dir: &Path, args: &[&str]) -> Result<CompileOutcome, String> {
+    fn rustc(&self, dir: &Path, args: &[&str]) -> Result<Compilation, String> {
         let rustc = self.sysroot.join("bin/rustc");
         let mut all = vec![
             "--edition",
@@ -402,16 +454,17 @@ impl Sandbox {
         all.extend_from_slice(args);
         let command = self.compile_command(&self.isolation, dir, &rustc.to_string_lossy(), &all);
         let output = dir.join("rustc.out");
-        Ok(
-            match self.run(command, &output, self.options.compile_timeout)? {
-                Finished::TimedOut => CompileOutcome::Timeout,
-                Finished::Exited(status) if status.success() => CompileOutcome::Ok,
-                Finished::Exited(_) => {
-                    let text = std::fs::read_to_string(&output).unwrap_or_default();
-                    CompileOutcome::Error(error_codes(&text))
-                }
-            },
-        )
+        let finished = self.run(command, &output, self.options.compile_timeout)?;
+        let diagnostics = std::fs::read_to_string(&output).unwrap_or_default();
+        let outcome = match finished {
+            Finished::TimedOut => CompileOutcome::Timeout,
+            Finished::Exited(status) if status.success() => CompileOutcome::Ok,
+            Finished::Exited(_) => CompileOutcome::Error(error_codes(&diagnostics)),
+        };
+        Ok(Compilation {
+            outcome,
+            diagnostics,
+        })
     }
 
     /// Runs `command` in `dir`, stdout and stderr to `output`, in its own process group, killed
@@ -485,6 +538,14 @@ fn project_bubblewrap() -> Option<PathBuf> {
         .take(5)
         .map(|dir| dir.join(".tools/usr/bin/bwrap"))
         .find(|path| path.is_file())
+}
+
+/// A sample's own temporary folder (removed when dropped).
+fn sample_dir() -> Result<tempfile::TempDir, String> {
+    tempfile::Builder::new()
+        .prefix("eval-sample-")
+        .tempdir()
+        .map_err(|e| format!("cannot create a temporary folder: {e}"))
 }
 
 fn write(path: &Path, text: &str) -> Result<(), String> {

@@ -77,7 +77,12 @@ pub fn library_program(task: &Task, body: &str) -> String {
 /// The program with the task's tests, `None` when it has none.
 pub fn test_program(task: &Task, body: &str) -> Option<String> {
     let tests = task.tests.as_ref()?;
-    Some(format!("{}{}\n{tests}", task.prompt, body.trim_end()))
+    Some(program_with_tests(&task.prompt, body, tests))
+}
+
+/// `prompt + body + tests`, the body's trailing whitespace replaced by one line break.
+pub fn program_with_tests(prompt: &str, body: &str, tests: &str) -> String {
+    format!("{prompt}{}\n{tests}", body.trim_end())
 }
 
 #[cfg(test)]

@@ -5,23 +5,23 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::braces::open_braces;
 
 /// One task of a prompt set.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Task {
     pub name: String,
     /// The code a model continues: ends inside the function to write.
     pub prompt: String,
     /// Appended after the body: closes the function, then a `fn main` of assertions (MultiPL-E)
     /// or `#[test]` functions. `None`: the task is only compiled.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tests: Option<String>,
     /// Strings that end a completion. Empty: the closing brace of the function at the prompt's
     /// indentation (see [`Task::stops`]).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stop_tokens: Vec<String>,
 }
 
