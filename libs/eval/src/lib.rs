@@ -7,6 +7,7 @@
 //! - [`check`]: compiling and running each sample in its own sandboxed temporary folder.
 //! - [`metrics`]: the unbiased pass@k estimator.
 //! - [`contamination`]: which texts hold an evaluation prompt (the corpus step's rule).
+//! - [`harvest`]: function-level training data and tests from a corpus, checked by the same rustc.
 //!
 //! [`evaluate`] runs them in that order and returns every sample's verdict and the summary.
 //! No printing, no exiting: eval-compile and maxrl decide that.
@@ -16,6 +17,7 @@ pub mod check;
 pub mod contamination;
 pub mod extract;
 pub mod generate;
+pub mod harvest;
 pub mod metrics;
 pub mod prompts;
 pub mod syntax;
