@@ -15,7 +15,7 @@ CARGO ?= cargo
 BIN := target/release
 
 .PHONY: all build test venv sandbox lint fmt verify bench bench-quick bench-serve bench-load bench-train fuzz serve e2e-chat clean \
-	corpus tokens train export eval report rl ablations FORCE
+	corpus tokens functions train export eval report rl ablations FORCE
 
 all: report
 
@@ -164,6 +164,17 @@ $(RUN)/data/train.bin: $(RUN)/data/tokenizer.json | build
 	$(BIN)/tokenize encode --tokenizer $< --input $(RUN)/corpus --out $@ \
 		--val-out $(RUN)/data/val.bin --val-fraction 0.01 --json > $(RUN)/data/encode.json.tmp
 	mv $(RUN)/data/encode.json.tmp $(RUN)/data/encode.json
+
+# Function-level data (issue 26): the corpus's documented functions over std types as (doc +
+# signature -> body) pairs that compile on their own, and their doc examples that pass as tests
+# (tests.jsonl, a prompt set eval-compile and maxrl read); none holds an evaluation prompt, by the
+# corpus step's rule. Counts in functions/summary.json (the vendored corpus: 25,793 documented
+# functions -> 271 pairs and 7 tasks with tests, 23 s on 2 cores). Not part of `all` yet.
+functions: $(RUN)/functions/pairs.jsonl
+
+$(RUN)/functions/pairs.jsonl: $(RUN)/corpus/corpus.json $(EVAL_SETS) | build sandbox
+	$(BIN)/tokenize functions --input $(RUN)/corpus $(addprefix --prompts ,$(EVAL_SETS)) \
+		--out $(RUN)/functions
 
 # Training. An interrupted run leaves its last checkpoint: the next `make` resumes it (--resume
 # takes every run setting from the checkpoint). train.done marks the end of the run.

@@ -4,17 +4,20 @@
 //! tokenize train  --input DIR... --vocab-size N --out tokenizer.json [--max-bytes B] [--seed S]
 //! tokenize encode --tokenizer tokenizer.json --input DIR... --out train.bin --val-out val.bin
 //! tokenize decode --tokenizer tokenizer.json --input train.bin [--start N] [--count M]
+//! tokenize functions --input DIR... --prompts SET.jsonl... --out DIR
 //! ```
 //! Exit codes: 0 done; 1 the job failed (an output could not be written, or a trained tokenizer
 //! does not load back); 2 bad usage or bad input (one line on stderr naming the file and the
 //! problem). A closed stdout (`| head`) is not an error. Outputs appear whole or not at all.
 //!
-//! This file parses flags and maps results to exit codes; train.rs, encode.rs and decode.rs run the
-//! subcommands (progress and summaries on stderr, `--json` summaries on stdout); libs/tokens does
-//! the work (corpus walk and split, token files, the fast exact encoder, BPE training).
+//! This file parses flags and maps results to exit codes; train.rs, encode.rs, decode.rs and
+//! functions.rs run the subcommands (progress and summaries on stderr, `--json` summaries on
+//! stdout); libs/tokens does the work (corpus walk and split, token files, the fast exact encoder,
+//! BPE training), libs/eval's harvest that of `functions`.
 
 mod decode;
 mod encode;
+mod functions;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -26,6 +29,8 @@ Examples:
   tokenize train --input data/vendor --vocab-size 4096 --max-bytes 32M --seed 1 --out tok.json
   tokenize encode --tokenizer tok.json --input data/vendor --out train.bin --val-out val.bin
   tokenize decode --tokenizer tok.json --input val.bin --start 0 --count 200
+  tokenize functions --input runs/tiny/corpus --prompts data/prompts/rust_tasks.jsonl \
+      data/prompts/rl_train.jsonl --out runs/tiny/functions
 
 The corpus is every .rs file under the inputs (sorted, symbolic links not followed); unreadable and
 non-UTF-8 files are skipped and counted. A file goes to validation when the FNV-1a 64 hash (with
@@ -35,10 +40,12 @@ the splitmix64 finalizer) of its path relative to its input, as a fraction of 2^
 Token files follow llm.c: a header of 256 little-endian i32 ([0] = 20240520, [1] = 1 for u16
 tokens, [2] = token count), then the u16 tokens; every document starts with <|endoftext|>.
 
+`functions` makes function-level pairs and tests from a corpus: see `tokenize functions --help`.
+
 Exit status: 0 ok, 1 the job failed, 2 bad usage or bad input (one line on stderr).";
 
 /// Train a byte-level BPE tokenizer on Rust sources, encode a corpus into llm.c token files, decode
-/// token files back to text.
+/// token files back to text, extract function-level pairs and tests from a corpus.
 #[derive(Debug, Parser)]
 #[command(version, about, after_help = EXAMPLES)]
 struct Cli {
@@ -51,6 +58,7 @@ enum Command {
     Train(train::TrainArgs),
     Encode(encode::EncodeArgs),
     Decode(decode::DecodeArgs),
+    Functions(functions::FunctionsArgs),
 }
 
 /// Why a run stopped.
@@ -137,6 +145,7 @@ fn main() -> ExitCode {
         Command::Train(args) => train::run(args),
         Command::Encode(args) => encode::run(args),
         Command::Decode(args) => decode::run(args),
+        Command::Functions(args) => functions::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
