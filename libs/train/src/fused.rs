@@ -13,6 +13,8 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
+use crate::ops::IGNORED_TARGET;
+
 /// Rows per block of a deterministic cross-row reduction.
 const REDUCE_ROWS: usize = 64;
 
@@ -605,11 +607,17 @@ impl CustomOp3 for MhcApply {
     }
 }
 
-/// Mean cross-entropy of `logits` `[N, V]` against `targets` `[N]` (u32): a scalar. The forward
-/// keeps the softmax it computed for the backward, so each logit goes through `exp` once.
+/// Mean cross-entropy of `logits` `[N, V]` against `targets` `[N]` (u32) over the rows whose
+/// target is not [`IGNORED_TARGET`]: a scalar. The forward keeps the softmax it computed for the
+/// backward, so each logit goes through `exp` once.
 #[derive(Default)]
 pub(crate) struct CrossEntropy {
     probs: std::sync::Mutex<Option<Vec<f32>>>,
+}
+
+/// Rows that count in the loss.
+fn scored_rows(targets: &[u32]) -> usize {
+    targets.iter().filter(|&&t| t != IGNORED_TARGET).count()
 }
 
 /// Writes `softmax(row)` into `p` and returns `logsumexp(row)`.
@@ -643,21 +651,32 @@ impl CustomOp2 for CrossEntropy {
         if targets.len() != n || n == 0 {
             bail!("cross-entropy: {n} rows, {} targets", targets.len());
         }
-        if let Some(&bad) = targets.iter().find(|&&t| t as usize >= v) {
+        if let Some(&bad) = targets
+            .iter()
+            .find(|&&t| t != IGNORED_TARGET && t as usize >= v)
+        {
             bail!("cross-entropy: target {bad} outside the vocabulary of {v}");
         }
+        let scored = scored_rows(targets);
+        if scored == 0 {
+            bail!("cross-entropy: every one of the {n} targets is ignored");
+        }
+        // Ignored rows keep a zero softmax: their gradient in the backward is zero.
         let mut probs = vec![0.0f32; logits.len()];
         let per_row: Vec<f64> = probs
             .par_chunks_mut(v)
             .zip(logits.par_chunks(v).zip(targets.par_iter()))
-            .map(|(p, (row, &t))| (softmax_row(row, p) - row[t as usize]) as f64)
+            .map(|(p, (row, &t))| match t {
+                IGNORED_TARGET => 0.0,
+                t => (softmax_row(row, p) - row[t as usize]) as f64,
+            })
             .collect();
-        let mean = per_row.iter().sum::<f64>() / n as f64;
+        let mean = per_row.iter().sum::<f64>() / scored as f64;
         *self.probs.lock().unwrap_or_else(|e| e.into_inner()) = Some(probs);
         Ok((CpuStorage::F32(vec![mean as f32]), Shape::from(())))
     }
 
-    /// `d logits = g / N · (softmax − onehot(target))`.
+    /// `d logits = g / scored · (softmax − onehot(target))`, zero on ignored rows.
     fn bwd(
         &self,
         logits: &Tensor,
@@ -665,8 +684,9 @@ impl CustomOp2 for CrossEntropy {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (n, v) = logits.dims2()?;
-        let scale = grad.to_scalar::<f32>()? / n as f32;
+        let v = logits.dim(1)?;
+        let scored = with_slice(targets, scored_rows)?;
+        let scale = grad.to_scalar::<f32>()? / scored as f32;
         let kept = self.probs.lock().unwrap_or_else(|e| e.into_inner()).take();
         let mut d = match kept {
             Some(probs) => probs,
@@ -682,10 +702,15 @@ impl CustomOp2 for CrossEntropy {
             })?,
         };
         with_slice(targets, |t: &[u32]| {
-            d.par_chunks_mut(v).zip(t.par_iter()).for_each(|(d, &t)| {
-                d.iter_mut().for_each(|d| *d *= scale);
-                d[t as usize] -= scale;
-            });
+            d.par_chunks_mut(v)
+                .zip(t.par_iter())
+                .for_each(|(d, &t)| match t {
+                    IGNORED_TARGET => d.fill(0.0),
+                    t => {
+                        d.iter_mut().for_each(|d| *d *= scale);
+                        d[t as usize] -= scale;
+                    }
+                });
         })?;
         Ok((Some(tensor_like(d, logits)?), None))
     }

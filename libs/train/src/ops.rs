@@ -143,14 +143,19 @@ pub fn mhc_apply(x: &Tensor, h_res: &Tensor, h_post: &Tensor, y: &Tensor) -> Res
     }
 }
 
-/// Cross-entropy of `logits` `[N, V]` against `targets` `[N]` (u32), mean over rows.
+/// The target of a position that takes no part in the loss: it adds nothing to the loss or to
+/// the gradient, and the mean is over the other positions (fine-tuning's prompt and padding).
+pub const IGNORED_TARGET: u32 = u32::MAX;
+
+/// Cross-entropy of `logits` `[N, V]` against `targets` `[N]` (u32), mean over the rows whose
+/// target is not [`IGNORED_TARGET`] (an error when every one is).
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     if logits.device().is_cpu() {
         logits
             .contiguous()?
             .apply_op2(&targets.contiguous()?, fused::CrossEntropy::default())
     } else {
-        candle_nn::loss::cross_entropy(logits, targets)
+        reference::cross_entropy(logits, targets)
     }
 }
 
@@ -162,7 +167,25 @@ pub fn to_f32_vec(x: &Tensor) -> Result<Vec<f32>> {
 /// The same operations composed from candle's own ops: the path on other devices, and the
 /// definition the fused CPU kernels are tested against (values and gradients).
 mod reference {
-    use candle_core::{Result, Tensor, D};
+    use candle_core::{DType, Result, Tensor, D};
+
+    use super::IGNORED_TARGET;
+
+    pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        let scored = targets.ne(IGNORED_TARGET)?;
+        // Ignored rows pick any valid column (0); their weight of 0 drops them.
+        let picked_targets = scored.where_cond(targets, &targets.zeros_like()?)?;
+        let weights = scored.to_dtype(DType::F32)?;
+        let count = weights.sum_all()?.to_scalar::<f32>()?;
+        if count == 0.0 {
+            candle_core::bail!("cross-entropy: every target is ignored");
+        }
+        let log_p = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+        let picked = log_p.gather(&picked_targets.unsqueeze(1)?, 1)?.squeeze(1)?;
+        (picked * weights)?
+            .sum_all()?
+            .affine(-1.0 / count as f64, 0.0)
+    }
 
     pub fn straight_through(x: &Tensor, row: fn(&[f32], &mut [f32])) -> Result<Tensor> {
         let cols = x.dim(D::Minus1)?;
@@ -420,6 +443,71 @@ mod tests {
             |t| candle_nn::loss::cross_entropy(&t[0], &targets).unwrap(),
             tol,
         );
+        let partly_ignored =
+            Tensor::new(&[IGNORED_TARGET, 0, 9, IGNORED_TARGET, 1], &Device::Cpu).unwrap();
+        check_against_reference(
+            "cross_entropy with ignored targets",
+            &[&[5, 10]],
+            |t| cross_entropy(&t[0], &partly_ignored).unwrap(),
+            |t| reference::cross_entropy(&t[0], &partly_ignored).unwrap(),
+            tol,
+        );
+    }
+
+    /// The loss mask of fine-tuning: rows with an ignored target get exactly zero gradient, their
+    /// logits do not move the loss, and the loss is the mean over the scored rows alone.
+    #[test]
+    fn ignored_targets_take_no_part_in_the_loss_or_its_gradient() {
+        let dev = Device::Cpu;
+        let (rows, vocab) = (6, 7);
+        let values = ternary::synthetic::uniform_values(rows * vocab, 4);
+        let targets = [IGNORED_TARGET, 2, IGNORED_TARGET, 5, 0, IGNORED_TARGET];
+        let scored = [1usize, 3, 4];
+        let loss_of = |values: &[f32]| {
+            let logits = Var::from_slice(values, (rows, vocab), &dev).unwrap();
+            let t = Tensor::new(&targets, &dev).unwrap();
+            let loss = cross_entropy(logits.as_tensor(), &t).unwrap();
+            let grad = loss.backward().unwrap();
+            let grad = to_f32_vec(grad.get(logits.as_tensor()).unwrap()).unwrap();
+            (loss.to_scalar::<f32>().unwrap(), grad)
+        };
+        let (loss, grad) = loss_of(&values);
+        for (r, &t) in targets.iter().enumerate() {
+            let row = &grad[r * vocab..(r + 1) * vocab];
+            if t == IGNORED_TARGET {
+                assert!(row.iter().all(|&g| g == 0.0), "row {r}: {row:?}");
+            } else {
+                // softmax − onehot sums to 0 and is negative only at the target.
+                assert!(row[t as usize] < 0.0 && row.iter().sum::<f32>().abs() < 1e-6);
+            }
+        }
+        // The loss is the mean over the scored rows, computed here by hand.
+        let by_hand = scored
+            .iter()
+            .map(|&r| {
+                let row = &values[r * vocab..(r + 1) * vocab];
+                let lse = row.iter().map(|v| v.exp()).sum::<f32>().ln();
+                lse - row[targets[r] as usize]
+            })
+            .sum::<f32>()
+            / scored.len() as f32;
+        assert!((loss - by_hand).abs() < 1e-5, "{loss} vs {by_hand}");
+        // Any change to an ignored row's logits leaves the loss as it was, bit for bit.
+        let mut moved = values.clone();
+        for r in [0, 2, 5] {
+            moved[r * vocab..(r + 1) * vocab]
+                .iter_mut()
+                .for_each(|v| *v = *v * 9.0 - 4.0);
+        }
+        assert_eq!(loss_of(&moved).0.to_bits(), loss.to_bits());
+        // Nothing to score is an error, not a division by zero.
+        let none = Tensor::new(&[IGNORED_TARGET; 6], &dev).unwrap();
+        let logits = Tensor::new(values.as_slice(), &dev)
+            .unwrap()
+            .reshape((rows, vocab))
+            .unwrap();
+        assert!(cross_entropy(&logits, &none).is_err());
+        assert!(reference::cross_entropy(&logits, &none).is_err());
     }
 
     #[test]
