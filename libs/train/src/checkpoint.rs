@@ -52,8 +52,7 @@ pub struct TrainerState {
     /// Optimizer steps done.
     pub step: u64,
     pub tokens_seen: u64,
-    /// The data loader's state: its generator's (`data::Rng`), or for fine-tuning the count of
-    /// example batches drawn (`sft::ExampleBatcher`).
+    /// The data loader's generator state (`data::Rng`).
     pub data_rng: u64,
     pub weights: WeightMode,
     /// The run's settings (`trainer::RunSpec` as JSON).
