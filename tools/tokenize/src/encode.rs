@@ -4,13 +4,13 @@
 //! parallel (rayon, batches in walk order) and written in walk order, so the output does not
 //! depend on the number of threads.
 
-use crate::train::list;
+use crate::train::walk_corpus;
 use crate::{check_output, mb, print_json, Failure};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use tokens::corpus::{is_validation, read_source, walk, Exclude, SourceFile};
+use tokens::corpus::{is_validation, read_source, SourceFile};
 use tokens::{Encoder, TokenFileWriter};
 
 /// Encode the .rs files under the inputs into train and validation token files.
@@ -163,14 +163,7 @@ pub fn run(args: &EncodeArgs) -> Result<(), Failure> {
         check_output(v, "the validation tokens")?;
     }
     let start = Instant::now();
-    let corpus = walk(&args.input, &Exclude::new(args.exclude.iter().cloned()))
-        .map_err(|e| Failure::Input(e.to_string()))?;
-    if corpus.files.is_empty() {
-        return Err(Failure::Input(format!(
-            "no .rs files under {}",
-            list(&args.input)
-        )));
-    }
+    let corpus = walk_corpus(&args.input, &args.exclude)?;
     let create = |p: &Path| TokenFileWriter::create(p).map_err(|e| Failure::Input(e.to_string()));
     let mut train = create(&args.out)?;
     let mut val = args.val_out.as_deref().map(create).transpose()?;

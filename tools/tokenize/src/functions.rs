@@ -5,7 +5,7 @@
 //! the sandboxed rustc eval-compile uses). Writes DIR/pairs.jsonl, DIR/tests.jsonl and
 //! DIR/summary.json, each atomically, pairs.jsonl (the pipeline's target) last.
 
-use crate::train::list;
+use crate::train::{list, walk_corpus};
 use crate::{print_json, Failure};
 use eval::contamination::EvalPrompts;
 use eval::harvest::{harvest, HarvestOptions, HarvestSummary, Progress, SourceFile, Stage};
@@ -13,7 +13,6 @@ use eval::{CheckOptions, Sandbox};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use tokens::corpus::{walk, Exclude};
 
 const HELP: &str = "\
 Example (the pipeline's, `make functions`):
@@ -136,14 +135,7 @@ pub fn run(args: &FunctionsArgs) -> Result<(), Failure> {
     }
     let start = Instant::now();
     let evaluation = EvalPrompts::load(&args.prompts).map_err(Failure::Input)?;
-    let corpus = walk(&args.input, &Exclude::new(args.exclude.iter().cloned()))
-        .map_err(|e| Failure::Input(e.to_string()))?;
-    if corpus.files.is_empty() {
-        return Err(Failure::Input(format!(
-            "no .rs files under {}",
-            list(&args.input)
-        )));
-    }
+    let corpus = walk_corpus(&args.input, &args.exclude)?;
     let sandbox = Sandbox::new(CheckOptions {
         compile_timeout: BATCH_COMPILE_TIMEOUT,
         run_timeout: BATCH_RUN_TIMEOUT,

@@ -8,7 +8,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
-use tokens::corpus::{read_source, sample, walk, Exclude};
+use tokens::corpus::{read_source, sample, walk, Corpus, Exclude};
 use tokens::train::{check_vocab_size, train_bpe};
 
 /// Train a byte-level BPE tokenizer on the .rs files under the inputs.
@@ -89,14 +89,7 @@ pub fn run(args: &TrainArgs) -> Result<(), Failure> {
         .map_err(|e| Failure::Input(format!("--vocab-size: {e}")))?;
     check_output(&args.out, "the tokenizer")?;
     let start = Instant::now();
-    let corpus = walk(&args.input, &Exclude::new(args.exclude.iter().cloned()))
-        .map_err(|e| Failure::Input(e.to_string()))?;
-    if corpus.files.is_empty() {
-        return Err(Failure::Input(format!(
-            "no .rs files under {}",
-            list(&args.input)
-        )));
-    }
+    let corpus = walk_corpus(&args.input, &args.exclude)?;
     let files = match args.max_bytes {
         Some(max) => sample(&corpus.files, max, args.seed),
         None => corpus.files.clone(),
@@ -175,6 +168,19 @@ pub fn run(args: &TrainArgs) -> Result<(), Failure> {
         print_json(&summary)?;
     }
     Ok(())
+}
+
+/// Every .rs file under `inputs` but the excluded ones; none at all is a usage error.
+pub fn walk_corpus(inputs: &[PathBuf], exclude: &[String]) -> Result<Corpus, Failure> {
+    let corpus = walk(inputs, &Exclude::new(exclude.iter().cloned()))
+        .map_err(|e| Failure::Input(e.to_string()))?;
+    if corpus.files.is_empty() {
+        return Err(Failure::Input(format!(
+            "no .rs files under {}",
+            list(inputs)
+        )));
+    }
+    Ok(corpus)
 }
 
 /// `a, b and c` of some paths.
