@@ -21,3 +21,12 @@ pub fn python() -> PathBuf {
 
 /// How to get the packages `python()` needs, for failure messages.
 pub const PYTHON_SETUP: &str = "`make venv` (a project-local .venv with requirements.txt)";
+
+/// The records of a JSONL file (panics on a line that is not JSON: a test's own output).
+pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}

@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
+use cross_tool_tests::read_jsonl;
 use serde_json::Value as Json;
 
 fn root() -> PathBuf {
@@ -137,14 +138,6 @@ fn functions(input: &Path, out: &Path) -> Json {
     serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap()
 }
 
-fn jsonl(path: &Path) -> Vec<Json> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 #[test]
 fn pairs_and_tests_from_a_small_crate_check_with_eval_compile() {
     let dir = tempfile::tempdir().unwrap();
@@ -177,7 +170,7 @@ fn pairs_and_tests_from_a_small_crate_check_with_eval_compile() {
     );
     assert!(summary["evaluation_prompts"].as_u64().unwrap() > 100);
 
-    let pairs = jsonl(&out.join("pairs.jsonl"));
+    let pairs = read_jsonl(&out.join("pairs.jsonl"));
     let names: Vec<&str> = pairs.iter().map(|p| p["name"].as_str().unwrap()).collect();
     assert_eq!(
         names,
@@ -231,7 +224,7 @@ fn pairs_and_tests_from_a_small_crate_check_with_eval_compile() {
         );
         std::fs::write(check.join(format!("pair{i}.rs")), text).unwrap();
     }
-    for (i, test) in jsonl(&out.join("tests.jsonl")).iter().enumerate() {
+    for (i, test) in read_jsonl(&out.join("tests.jsonl")).iter().enumerate() {
         let text = format!(
             "{}{}",
             test["prompt"].as_str().unwrap(),

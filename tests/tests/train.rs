@@ -14,6 +14,7 @@ use std::sync::OnceLock;
 
 use assert_cmd::Command;
 use candle_core::{Device, Tensor};
+use cross_tool_tests::read_jsonl;
 use model::{KvCache, KvPrecision, Logits, Model, SeqInput};
 use serde_json::Value as Json;
 
@@ -434,15 +435,6 @@ fn a_policy_update_raises_the_likelihood_of_the_chosen_completion() {
     train::policy::Policy::load(&out).unwrap();
 }
 
-/// The lines of a JSONL file.
-fn jsonl(path: &Path) -> Vec<Json> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 /// maxrl end to end on a checkpoint train wrote: the supervised warm-up on reference solutions
 /// lowers their loss; after it the sampled completions compile (real rustc), so RL iterations get
 /// rewards and train on them; the summary holds the held-out rates; the output is a checkpoint
@@ -482,7 +474,7 @@ fn maxrl_warms_up_then_learns_from_the_samples_that_compile() {
     ];
     run_ok("maxrl", &args);
 
-    let log = jsonl(&out.join("rl.jsonl"));
+    let log = read_jsonl(&out.join("rl.jsonl"));
     let warmup: Vec<f64> = log
         .iter()
         .filter(|r| r["phase"] == "warmup")
