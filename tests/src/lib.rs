@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod corpus;
 pub mod serve;
 
 /// The Python interpreter that has the pinned packages of `requirements.txt` (the reference
