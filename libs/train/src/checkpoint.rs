@@ -52,7 +52,8 @@ pub struct TrainerState {
     /// Optimizer steps done.
     pub step: u64,
     pub tokens_seen: u64,
-    /// The data loader's generator state (`data::Rng`).
+    /// The data loader's state: its generator's (`data::Rng`), or for fine-tuning the count of
+    /// example batches drawn (`sft::ExampleBatcher`).
     pub data_rng: u64,
     pub weights: WeightMode,
     /// The run's settings (`trainer::RunSpec` as JSON).

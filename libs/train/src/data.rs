@@ -73,11 +73,16 @@ pub fn eval_windows(file: &TokenFile, seq_len: usize, max: usize) -> Vec<usize> 
         return Vec::new();
     }
     let available = (file.len() - 1) / seq_len;
-    let count = available.min(max);
-    // Spread `count` of the `available` slots evenly (stride ≥ 1 slot).
-    (0..count)
-        .map(|i| (i * available / count) * seq_len)
+    spread(available, max)
+        .into_iter()
+        .map(|slot| slot * seq_len)
         .collect()
+}
+
+/// At most `max` of the indices `0..available`, spread evenly (stride ≥ 1).
+pub fn spread(available: usize, max: usize) -> Vec<usize> {
+    let count = available.min(max);
+    (0..count).map(|i| i * available / count).collect()
 }
 
 /// The windows starting at `starts` as `(inputs, targets)`, each `[starts.len(), seq_len]` u32.

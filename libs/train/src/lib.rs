@@ -1,12 +1,13 @@
-//! Quantization-aware training of the nanochat model with candle (DESIGN.md "Training").
+//! Quantization-aware training of the nanochat model with candle (docs/ARCHITECTURE.md, "Training
+//! methods").
 //!
-//! Owns: the differentiable operations of the training graph with their straight-through
-//! estimators ([`ops`]), the training model ([`model`]), the optimizers ([`optim`]: Muon and Lion,
-//! gradient clipping), the learning-rate schedule ([`schedule`]), the data loader ([`data`]), the
-//! checkpoint folder ([`checkpoint`]) and the loss-curve chart of a run ([`plot`]). The graph
-//! follows libs/model's forward definition (libs/model/src/model.rs) and libs/mhc's mixing formulas
-//! exactly, and quantizes with libs/ternary's functions, so an exported checkpoint runs the same
-//! numbers in the inference model.
+//! Owns: the differentiable operations of the training graph with their straight-through estimators
+//! ([`ops`]), the training model ([`model`]), the optimizers ([`optim`]: Muon and Lion, gradient
+//! clipping), the learning-rate schedule ([`schedule`]), the data loader ([`data`]), fine-tuning
+//! examples ([`sft`]), the checkpoint folder ([`checkpoint`]) and the loss-curve chart of a run
+//! ([`plot`]). The graph follows libs/model's forward definition (libs/model/src/model.rs) and
+//! libs/mhc's mixing formulas exactly, and quantizes with libs/ternary's functions, so an exported
+//! checkpoint runs the same numbers in the inference model.
 //!
 //! No printing, no exiting: `tools/train` is the command-line face.
 
@@ -19,4 +20,5 @@ pub mod optim;
 pub mod plot;
 pub mod policy;
 pub mod schedule;
+pub mod sft;
 pub mod trainer;

@@ -465,6 +465,37 @@ mod tests {
         GraphOptions { weights, mtp_heads }
     }
 
+    /// Fine-tuning batches: an example's loss is the same alone and padded beside a longer one
+    /// (causal attention keeps the padding, after its last token, out of its positions), and an
+    /// example whose targets are all ignored adds nothing to the loss.
+    #[test]
+    fn padding_and_ignored_targets_leave_an_examples_loss_unchanged() {
+        use crate::sft::{pad_batch, Example};
+        let dev = Device::Cpu;
+        let config = small_config(2, false);
+        let model = TrainModel::init(&config, options(WeightMode::Ternary, 1), 3, &dev).unwrap();
+        let short = Example {
+            tokens: vec![5, 9, 12, 40, 41, 7],
+            scored_from: 3,
+        };
+        let tokens: Vec<u32> = (0..15).map(|i| (i * 5 % 64) as u32).collect();
+        let unscored = Example {
+            scored_from: tokens.len(),
+            tokens,
+        };
+        let loss = |examples: &[&Example]| {
+            let (x, y, _) = pad_batch(examples, &dev).unwrap();
+            let losses = model.losses(&x, &y, 0.3, 0.0).unwrap();
+            let value = |t: Tensor| t.to_scalar::<f32>().unwrap();
+            (value(losses.next_token), value(losses.total))
+        };
+        let alone = loss(&[&short]);
+        let padded = loss(&[&short, &unscored]);
+        for (a, b) in [(alone.0, padded.0), (alone.1, padded.1)] {
+            assert!((a - b).abs() <= 1e-5 * a.abs(), "{a} alone, {b} padded");
+        }
+    }
+
     #[test]
     fn every_parameter_gets_a_gradient() {
         let dev = Device::Cpu;

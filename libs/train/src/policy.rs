@@ -51,12 +51,7 @@ impl Policy {
     pub fn load(dir: &Path) -> Result<Self, TrainError> {
         let device = Device::Cpu;
         let ckpt = checkpoint::load(dir, &device)?;
-        let spec: RunSpec = serde_json::from_value(ckpt.state.run.clone()).map_err(|e| {
-            TrainError::Input(format!(
-                "{}: trainer_state.json has no usable run settings: {e}",
-                dir.display()
-            ))
-        })?;
+        let spec = RunSpec::of_checkpoint(&ckpt, dir)?;
         if spec.weights != WeightMode::Ternary {
             return Err(TrainError::Input(format!(
                 "{}: a full-precision checkpoint is not the ternary model that samples would come from",

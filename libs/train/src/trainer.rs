@@ -10,8 +10,13 @@
 //! the data loader's RNG state, the step number that drives the schedule), so a run stopped at
 //! step k and resumed reaches bit-identical parameters at step n on the same machine and thread
 //! count.
+//!
+//! Two kinds of run share the loop, the metrics and the checkpoints: pretraining on random windows
+//! of a token file, and supervised fine-tuning ([`RunSpec::sft`]) that starts from a pretrained
+//! checkpoint's weights and reads batches of whole (prompt → completion) examples ([`crate::sft`]),
+//! the loss on the completion tokens only.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
@@ -20,11 +25,13 @@ use model::ModelConfig;
 use serde::{Deserialize, Serialize};
 use tokens::TokenFile;
 
-use crate::checkpoint::{self, CheckpointRef, TrainerState, WeightMode};
+use crate::checkpoint::{self, Checkpoint, CheckpointRef, TrainerState, WeightMode};
 use crate::data::{eval_batch, eval_windows, Batcher, TokenBytes};
 use crate::model::{GraphOptions, TrainModel};
+use crate::ops::IGNORED_TARGET;
 use crate::optim::{default_group, OptimConfig, Optimizer};
 use crate::schedule::Wsd;
+use crate::sft::{self, ExampleBatcher, ExamplePools, Pair, SftSummary};
 
 /// Everything that defines a run (and must not change across a resume).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -45,8 +52,24 @@ pub struct RunSpec {
     pub schedule: Wsd,
     pub optim: OptimConfig,
     pub seed: u64,
-    /// Tokens of the training file (a resume on other data is refused).
+    /// Tokens of the training data (the file, or the fine-tuning examples): a resume on other data
+    /// is refused. Set by the trainer when a run starts.
     pub train_tokens: usize,
+    /// Supervised fine-tuning on pairs; absent for pretraining.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sft: Option<SftSpec>,
+}
+
+/// The settings of a fine-tuning run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SftSpec {
+    /// The checkpoint folder the weights came from, and its step (for the record).
+    pub init: String,
+    pub init_step: u64,
+    /// Share of the drawn examples that are chat turns (the rest are plain completions).
+    pub chat_share: f64,
+    /// Share of the pairs held out for validation, by name hash.
+    pub val_share: f64,
 }
 
 impl RunSpec {
@@ -71,7 +94,31 @@ impl RunSpec {
         if self.schedule.total_steps != self.steps {
             return Err("the schedule's length must equal the run's steps".into());
         }
+        if let Some(sft) = &self.sft {
+            for (what, share) in [("chat", sft.chat_share), ("validation", sft.val_share)] {
+                if !(0.0..=1.0).contains(&share) {
+                    return Err(format!("the {what} share must be in [0, 1], got {share}"));
+                }
+            }
+        }
         self.schedule.validate()
+    }
+
+    /// The run settings saved in a checkpoint read from `dir`, checked against its config.
+    pub fn of_checkpoint(ckpt: &Checkpoint, dir: &Path) -> Result<Self, TrainError> {
+        let spec: RunSpec = serde_json::from_value(ckpt.state.run.clone()).map_err(|e| {
+            TrainError::Input(format!(
+                "{}: trainer_state.json has no usable run settings: {e}",
+                dir.display()
+            ))
+        })?;
+        if spec.config != ckpt.config {
+            return Err(TrainError::Input(format!(
+                "{}: config.json and the run settings disagree",
+                dir.display()
+            )));
+        }
+        Ok(spec)
     }
 
     /// Tokens one optimizer step trains on.
@@ -117,17 +164,90 @@ pub struct StepRecord {
     pub tokens_per_s: f64,
 }
 
-/// Validation figures.
+/// Validation figures. Fine-tuning scores the completion tokens of held-out pairs.
 #[derive(Clone, Debug, Serialize)]
 pub struct EvalRecord {
     pub step: u64,
     pub val_loss: f64,
     pub val_bpb: f64,
-    /// Windows and tokens evaluated.
+    /// Windows (fine-tuning: examples) and scored tokens evaluated.
     pub windows: usize,
     pub tokens: usize,
+    /// Fine-tuning with chat turns: the loss on the answers of the held-out pairs as chats.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub val_chat_loss: Option<f64>,
     /// Largest gain of the product of every layer's H_res (mHC; 1 for plain residuals).
     pub mhc_gain: f64,
+}
+
+/// What a run reads.
+pub enum TrainData {
+    /// Pretraining: random windows of a token file; validation windows of another.
+    Tokens {
+        train: TokenFile,
+        val: Option<TokenFile>,
+    },
+    /// Fine-tuning ([`RunSpec::sft`]): the pairs of the file at `path`.
+    Pairs { path: PathBuf, pairs: Vec<Pair> },
+}
+
+/// Where training batches come from.
+enum Source {
+    Windows(Batcher),
+    Examples(ExampleBatcher),
+}
+
+impl Source {
+    /// Inputs and targets `[B, T]` and the tokens read.
+    fn next_batch(
+        &mut self,
+        batch: usize,
+        device: &Device,
+    ) -> candle_core::Result<(Tensor, Tensor, usize)> {
+        match self {
+            Source::Windows(b) => {
+                let (inputs, targets) = b.next_batch(batch, device)?;
+                let read = inputs.elem_count();
+                Ok((inputs, targets, read))
+            }
+            Source::Examples(b) => b.next_batch(batch, device),
+        }
+    }
+
+    /// The loader's state, saved in checkpoints: the windows' generator state, or the count of
+    /// example batches drawn.
+    fn state(&self) -> u64 {
+        match self {
+            Source::Windows(b) => b.rng_state(),
+            Source::Examples(b) => b.batches_drawn(),
+        }
+    }
+
+    fn set_state(&mut self, state: u64) {
+        match self {
+            Source::Windows(b) => b.set_rng_state(state),
+            Source::Examples(b) => b.set_batches_drawn(state),
+        }
+    }
+}
+
+/// The fixed validation data.
+enum Validation {
+    Windows { file: TokenFile, starts: Vec<usize> },
+    Examples(ExamplePools),
+}
+
+/// Summed loss over the scored targets of some batches.
+#[derive(Default)]
+struct Scored {
+    nats: f64,
+    targets: Vec<u32>,
+}
+
+impl Scored {
+    fn mean(&self) -> f64 {
+        self.nats / self.targets.len().max(1) as f64
+    }
 }
 
 /// A run in progress.
@@ -135,8 +255,10 @@ pub struct Trainer {
     spec: RunSpec,
     model: TrainModel,
     optimizer: Optimizer,
-    batcher: Batcher,
-    val: Option<(TokenFile, Vec<usize>)>,
+    source: Source,
+    val: Option<Validation>,
+    /// What became of the pairs (fine-tuning only).
+    sft_summary: Option<SftSummary>,
     token_bytes: TokenBytes,
     tokenizer_json: String,
     step: u64,
@@ -148,48 +270,56 @@ impl Trainer {
     /// A fresh run: model initialised from `spec.seed`, loader seeded from it too.
     pub fn new(
         spec: RunSpec,
-        train: TokenFile,
-        val: Option<TokenFile>,
+        data: TrainData,
         tokenizer_json: String,
         eval_windows_max: usize,
     ) -> Result<Self, TrainError> {
         spec.validate().map_err(TrainError::Input)?;
-        let device = Device::Cpu;
-        let model = TrainModel::init(&spec.config, graph_options(&spec), spec.seed, &device)?;
+        let model = TrainModel::init(&spec.config, graph_options(&spec), spec.seed, &Device::Cpu)?;
         let optimizer = new_optimizer(&model, &spec)?;
         Self::assemble(
             spec,
             model,
             optimizer,
-            train,
-            val,
+            data,
             tokenizer_json,
             eval_windows_max,
-            device,
+            false,
+        )
+    }
+
+    /// A run that starts from trained `weights` (fine-tuning a pretrained checkpoint's): a fresh
+    /// optimizer state and the spec's own schedule.
+    pub fn from_weights(
+        spec: RunSpec,
+        weights: Vec<(String, Tensor)>,
+        data: TrainData,
+        tokenizer_json: String,
+        eval_windows_max: usize,
+    ) -> Result<Self, TrainError> {
+        spec.validate().map_err(TrainError::Input)?;
+        let model = TrainModel::from_tensors(&spec.config, graph_options(&spec), weights)
+            .map_err(|e| TrainError::Input(format!("the initial weights: {e}")))?;
+        let optimizer = new_optimizer(&model, &spec)?;
+        Self::assemble(
+            spec,
+            model,
+            optimizer,
+            data,
+            tokenizer_json,
+            eval_windows_max,
+            false,
         )
     }
 
     /// Continues the run saved in the checkpoint folder `dir` on the same data.
     pub fn resume(
         dir: &Path,
-        train: TokenFile,
-        val: Option<TokenFile>,
+        data: TrainData,
         eval_windows_max: usize,
     ) -> Result<Self, TrainError> {
-        let device = Device::Cpu;
-        let ckpt = checkpoint::load(dir, &device)?;
-        let spec: RunSpec = serde_json::from_value(ckpt.state.run.clone()).map_err(|e| {
-            TrainError::Input(format!(
-                "{}: trainer_state.json has no usable run settings: {e}",
-                dir.display()
-            ))
-        })?;
-        if spec.config != ckpt.config {
-            return Err(TrainError::Input(format!(
-                "{}: config.json and the run settings disagree",
-                dir.display()
-            )));
-        }
+        let ckpt = checkpoint::load(dir, &Device::Cpu)?;
+        let spec = RunSpec::of_checkpoint(&ckpt, dir)?;
         let model = TrainModel::from_tensors(&spec.config, graph_options(&spec), ckpt.model)
             .map_err(|e| TrainError::Input(format!("{}: {e}", dir.display())))?;
         let mut optimizer = new_optimizer(&model, &spec)?;
@@ -201,37 +331,28 @@ impl Trainer {
             spec,
             model,
             optimizer,
-            train,
-            val,
+            data,
             ckpt.tokenizer_json,
             eval_windows_max,
-            device,
+            true,
         )?;
         trainer.step = ckpt.state.step;
         trainer.tokens_seen = ckpt.state.tokens_seen;
-        trainer.batcher.set_rng_state(ckpt.state.data_rng);
+        trainer.source.set_state(ckpt.state.data_rng);
         Ok(trainer)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// The trainer around a model and optimizer: the data loaders for the spec's kind of run. A
+    /// resumed run must read data of the recorded size; a fresh one records it.
     fn assemble(
-        spec: RunSpec,
+        mut spec: RunSpec,
         model: TrainModel,
         optimizer: Optimizer,
-        train: TokenFile,
-        val: Option<TokenFile>,
+        data: TrainData,
         tokenizer_json: String,
         eval_windows_max: usize,
-        device: Device,
+        resuming: bool,
     ) -> Result<Self, TrainError> {
-        if train.len() != spec.train_tokens {
-            return Err(TrainError::Input(format!(
-                "{}: {} tokens, the run was started on {} (resume needs the same data)",
-                train.path().display(),
-                train.len(),
-                spec.train_tokens
-            )));
-        }
         let token_bytes = TokenBytes::from_tokenizer_json(&tokenizer_json)
             .map_err(|e| TrainError::Input(format!("tokenizer: {e}")))?;
         if token_bytes.vocab_size() > spec.config.vocab_size {
@@ -241,23 +362,67 @@ impl Trainer {
                 spec.config.vocab_size
             )));
         }
-        let batcher = Batcher::new(train, spec.seq_len, spec.seed)
-            .map_err(|e| TrainError::Input(e.to_string()))?;
-        let val = val.map(|file| {
-            let windows = eval_windows(&file, spec.seq_len, eval_windows_max);
-            (file, windows)
-        });
+        let (source, val, sft_summary, data_tokens, data_path) = match (data, &spec.sft) {
+            (TrainData::Tokens { train, val }, None) => {
+                let (tokens, path) = (train.len(), train.path().to_path_buf());
+                let batcher = Batcher::new(train, spec.seq_len, spec.seed)
+                    .map_err(|e| TrainError::Input(e.to_string()))?;
+                let val = val.map(|file| {
+                    let starts = eval_windows(&file, spec.seq_len, eval_windows_max);
+                    Validation::Windows { file, starts }
+                });
+                (Source::Windows(batcher), val, None, tokens, path)
+            }
+            (TrainData::Pairs { path, pairs }, Some(sft)) => {
+                let tokenizer = model::Tokenizer::from_json(&tokenizer_json)
+                    .map_err(|e| TrainError::Input(format!("tokenizer: {e}")))?;
+                let (train, val, summary) = sft::build_examples(
+                    &pairs,
+                    &tokenizer,
+                    spec.seq_len,
+                    sft.val_share,
+                    sft.chat_share > 0.0,
+                )
+                .map_err(|e| TrainError::Input(format!("{}: {e}", path.display())))?;
+                let tokens = train.token_count();
+                let batcher = ExampleBatcher::new(train, sft.chat_share, spec.seed)
+                    .map_err(|e| TrainError::Input(format!("{}: {e}", path.display())))?;
+                let val = sft::validation_sample(val, eval_windows_max);
+                let val = (!val.completions.is_empty()).then_some(Validation::Examples(val));
+                (Source::Examples(batcher), val, Some(summary), tokens, path)
+            }
+            (TrainData::Tokens { .. }, Some(_)) => {
+                return Err(TrainError::Input(
+                    "this run fine-tunes on pairs, not on token files".into(),
+                ))
+            }
+            (TrainData::Pairs { .. }, None) => {
+                return Err(TrainError::Input(
+                    "this run pretrains on token files, not on pairs".into(),
+                ))
+            }
+        };
+        if !resuming {
+            spec.train_tokens = data_tokens;
+        } else if data_tokens != spec.train_tokens {
+            return Err(TrainError::Input(format!(
+                "{}: {data_tokens} tokens, the run was started on {} (resume needs the same data)",
+                data_path.display(),
+                spec.train_tokens
+            )));
+        }
         Ok(Trainer {
             spec,
             model,
             optimizer,
-            batcher,
+            source,
             val,
+            sft_summary,
             token_bytes,
             tokenizer_json,
             step: 0,
             tokens_seen: 0,
-            device,
+            device: Device::Cpu,
         })
     }
 
@@ -267,6 +432,11 @@ impl Trainer {
 
     pub fn model(&self) -> &TrainModel {
         &self.model
+    }
+
+    /// What became of the pairs of a fine-tuning run (`None` when pretraining).
+    pub fn sft_summary(&self) -> Option<&SftSummary> {
+        self.sft_summary.as_ref()
     }
 
     /// Optimizer steps done so far.
@@ -290,9 +460,11 @@ impl Trainer {
         let spec = &self.spec;
         let mut grads: Option<candle_core::backprop::GradStore> = None;
         let (mut loss_sum, mut next_sum) = (0.0, 0.0);
+        let mut tokens = 0;
         let scale = 1.0 / spec.grad_accum as f64;
         for _ in 0..spec.grad_accum {
-            let (inputs, targets) = self.batcher.next_batch(spec.batch, &self.device)?;
+            let (inputs, targets, read) = self.source.next_batch(spec.batch, &self.device)?;
+            tokens += read as u64;
             let losses =
                 self.model
                     .losses(&inputs, &targets, spec.mtp_weight, spec.entropy_bonus)?;
@@ -328,7 +500,6 @@ impl Trainer {
             });
         }
         self.step += 1;
-        let tokens = spec.tokens_per_step() as u64;
         self.tokens_seen += tokens;
         Ok(StepRecord {
             step: self.step,
@@ -343,32 +514,62 @@ impl Trainer {
         })
     }
 
-    /// Validation loss and bits per byte over the fixed windows of the validation file (`None`
-    /// without one), and the mHC composite gain.
+    /// Validation loss and bits per byte over the fixed validation windows, or the held-out
+    /// pairs' completions (`None` without validation data), and the mHC composite gain.
     pub fn evaluate(&self) -> Result<Option<EvalRecord>, TrainError> {
-        let Some((file, windows)) = &self.val else {
+        let Some(val) = &self.val else {
             return Ok(None);
         };
-        let (mut nats, mut count) = (0.0f64, 0usize);
-        let mut bytes_of_targets = Vec::new();
-        for chunk in windows.chunks(self.spec.batch) {
-            let (inputs, targets) = eval_batch(file, chunk, self.spec.seq_len, &self.device)?;
-            let logits = self.model.logits(&inputs)?;
-            let flat = targets.flatten_all()?;
-            let loss = crate::ops::cross_entropy(&logits, &flat)?.to_scalar::<f32>()? as f64;
-            let n = flat.dim(0)?;
-            nats += loss * n as f64;
-            count += n;
-            bytes_of_targets.extend(flat.to_vec1::<u32>()?);
-        }
+        let (seq_len, batch, device) = (self.spec.seq_len, self.spec.batch, &self.device);
+        let (scored, windows, chat) = match val {
+            Validation::Windows { file, starts } => {
+                let batches = starts
+                    .chunks(batch)
+                    .map(|chunk| eval_batch(file, chunk, seq_len, device));
+                (self.score(batches)?, starts.len(), None)
+            }
+            Validation::Examples(pools) => {
+                let padded = |examples: &[sft::Example]| {
+                    let rows: Vec<&sft::Example> = examples.iter().collect();
+                    sft::pad_batch(&rows, device).map(|(x, y, _)| (x, y))
+                };
+                let completions = self.score(pools.completions.chunks(batch).map(padded))?;
+                let chat = (!pools.chats.is_empty())
+                    .then(|| self.score(pools.chats.chunks(batch).map(padded)))
+                    .transpose()?;
+                (completions, pools.completions.len(), chat)
+            }
+        };
         Ok(Some(EvalRecord {
             step: self.step,
-            val_loss: nats / count.max(1) as f64,
-            val_bpb: self.token_bytes.bits_per_byte(nats, &bytes_of_targets),
-            windows: windows.len(),
-            tokens: count,
+            val_loss: scored.mean(),
+            val_bpb: self.token_bytes.bits_per_byte(scored.nats, &scored.targets),
+            windows,
+            tokens: scored.targets.len(),
+            val_chat_loss: chat.map(|c| c.mean()),
             mhc_gain: self.mhc_gain()?,
         }))
+    }
+
+    /// The loss summed over the scored targets of `batches` (inputs, targets).
+    fn score(
+        &self,
+        batches: impl Iterator<Item = candle_core::Result<(Tensor, Tensor)>>,
+    ) -> Result<Scored, TrainError> {
+        let mut total = Scored::default();
+        for batch in batches {
+            let (inputs, targets) = batch?;
+            let logits = self.model.logits(&inputs)?;
+            let flat = targets.flatten_all()?;
+            let mean = crate::ops::cross_entropy(&logits, &flat)?.to_scalar::<f32>()? as f64;
+            let before = total.targets.len();
+            let scored = flat.to_vec1::<u32>()?.into_iter();
+            total
+                .targets
+                .extend(scored.filter(|&t| t != IGNORED_TARGET));
+            total.nats += mean * (total.targets.len() - before) as f64;
+        }
+        Ok(total)
     }
 
     /// The composite gain of the product of every module's H_res (libs/mhc), 1 without mHC.
@@ -393,7 +594,7 @@ impl Trainer {
         let state = TrainerState {
             step: self.step,
             tokens_seen: self.tokens_seen,
-            data_rng: self.batcher.rng_state(),
+            data_rng: self.source.state(),
             weights: self.spec.weights,
             run,
             rl: None,
