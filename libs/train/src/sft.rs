@@ -500,11 +500,11 @@ mod tests {
         parse_pair(&line.to_string()).unwrap()
     }
 
-    fn is_even() -> Pair {
+    fn multiple_of_three() -> Pair {
         pair(
-            "rl_is_even",
-            "/// Returns true if n is even.\nfn is_even(n: i32) -> bool {\n",
-            "    n % 2 == 0\n}\n",
+            "multiple_of_three",
+            "/// Returns true if n is a multiple of three.\nfn is_multiple_of_three(n: i32) -> bool {\n",
+            "    n % 3 == 0\n}\n",
         )
     }
 
@@ -562,28 +562,28 @@ mod tests {
     #[test]
     fn requests_reword_the_doc_summary() {
         let parts = prompt_parts(
-            "use std::cmp::Ord;\n\n/// Returns the smallest of three numbers.\n///\n/// # Examples\n\
-             #[inline]\npub fn min_of_three(a: i32, b: i32,\n    c: i32) -> i32 {\n",
+            "use std::cmp::Ord;\n\n/// Returns the largest of three numbers.\n///\n/// # Examples\n\
+             #[inline]\npub fn max_of_three(a: i32, b: i32,\n    c: i32) -> i32 {\n",
         )
         .unwrap();
         assert_eq!(
             parts,
             PromptParts {
-                summary: "Returns the smallest of three numbers.".into(),
-                signature: "pub fn min_of_three(a: i32, b: i32, c: i32) -> i32".into(),
-                name: "min_of_three".into(),
+                summary: "Returns the largest of three numbers.".into(),
+                signature: "pub fn max_of_three(a: i32, b: i32, c: i32) -> i32".into(),
+                name: "max_of_three".into(),
             }
         );
         // The three wordings, each chosen by some name.
         let wordings: std::collections::BTreeSet<String> = (0..30)
             .map(|i| chat_request(&parts, &format!("pair{i}")))
             .collect();
-        let clause = "that returns the smallest of three numbers.";
+        let clause = "that returns the largest of three numbers.";
         assert_eq!(
             wordings.into_iter().collect::<Vec<_>>(),
             vec![
-                format!("Write a Rust function `min_of_three` {clause}"),
-                format!("Write a Rust function `pub fn min_of_three(a: i32, b: i32, c: i32) -> i32` {clause}"),
+                format!("Write a Rust function `max_of_three` {clause}"),
+                format!("Write a Rust function `pub fn max_of_three(a: i32, b: i32, c: i32) -> i32` {clause}"),
                 format!("Write a Rust function {clause}"),
             ]
         );
@@ -621,7 +621,7 @@ mod tests {
     #[test]
     fn completion_examples_score_the_body_and_the_end_only() {
         let t = tokenizer();
-        let p = is_even();
+        let p = multiple_of_three();
         let e = completion_example(&t, &p).unwrap();
         let prompt = t.encode_prompt(&p.prompt).unwrap();
         assert_eq!(e.scored_from, prompt.len());
@@ -629,14 +629,14 @@ mod tests {
         assert_eq!(*e.tokens.last().unwrap(), t.end_of_text());
         assert_eq!(
             t.decode(&e.tokens[e.scored_from..]).unwrap(),
-            "    n % 2 == 0\n}\n"
+            "    n % 3 == 0\n}\n"
         );
     }
 
     #[test]
     fn chat_examples_are_what_serve_feeds_then_the_function_in_a_code_block() {
         let t = tokenizer();
-        let p = is_even();
+        let p = multiple_of_three();
         let e = chat_example(&t, &p).unwrap();
         let request = ChatMessage {
             role: "user".into(),
@@ -650,7 +650,7 @@ mod tests {
         let answer = t.decode(&e.tokens[e.scored_from..]).unwrap();
         assert_eq!(
             answer,
-            "```rust\n/// Returns true if n is even.\nfn is_even(n: i32) -> bool {\n    n % 2 == 0\n}\n```"
+            "```rust\n/// Returns true if n is a multiple of three.\nfn is_multiple_of_three(n: i32) -> bool {\n    n % 3 == 0\n}\n```"
         );
         assert!(
             p.request.starts_with("Write a Rust function"),
@@ -658,7 +658,8 @@ mod tests {
             p.request
         );
         assert!(
-            p.request.ends_with("that returns true if n is even."),
+            p.request
+                .ends_with("that returns true if n is a multiple of three."),
             "{}",
             p.request
         );
