@@ -572,7 +572,7 @@ fn maxrl_warms_up_then_learns_from_the_samples_that_compile() {
 fn warmup_pairs(count: usize) -> Vec<Json> {
     let prompts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/prompts");
     let bodies: std::collections::HashMap<String, String> =
-        jsonl(&prompts.join("rl_warmup.solutions.jsonl"))
+        read_jsonl(&prompts.join("rl_warmup.solutions.jsonl"))
             .into_iter()
             .map(|s| {
                 (
@@ -581,7 +581,7 @@ fn warmup_pairs(count: usize) -> Vec<Json> {
                 )
             })
             .collect();
-    jsonl(&prompts.join("rl_warmup.jsonl"))
+    read_jsonl(&prompts.join("rl_warmup.jsonl"))
         .into_iter()
         .take(count)
         .map(|p| {
