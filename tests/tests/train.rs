@@ -567,6 +567,69 @@ fn maxrl_warms_up_then_learns_from_the_samples_that_compile() {
     assert!(stderr.contains("no solution names a task"), "{stderr}");
 }
 
+/// `--reward`: with tests no sample can pass (they ask add(2, 2) == 5), compiling answers earn
+/// reward 1 under `--reward compile` and nothing under `--reward tests`, the default; the same
+/// task twice across `--prompts` sets is bad usage.
+#[test]
+fn maxrl_rewards_passing_tests_or_compiling_as_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("ckpt");
+    train_ok(&small_run(&ckpt, "2", "2"));
+    let prompts = dir.path().join("prompts.jsonl");
+    let task = serde_json::json!({
+        "name": "add",
+        "prompt": "fn add(a: i32, b: i32) -> i32 {\n",
+        "tests": "}\n\n#[cfg(test)]\nmod tests {\n    use super::*;\n\n    #[test]\n    \
+                  fn adds() {\n        assert_eq!(add(2, 2), 5);\n    }\n}\n",
+    });
+    write_jsonl(&prompts, &[task]);
+    let solutions = dir.path().join("solutions.jsonl");
+    std::fs::write(&solutions, "{\"name\":\"add\",\"body\":\"    a + b\\n\"}\n").unwrap();
+    let rewards = |reward: &str| {
+        let out = dir.path().join(reward);
+        #[rustfmt::skip]
+        let args = [
+            "--checkpoint", s(&ckpt), "--prompts", s(&prompts), "--out", s(&out),
+            "--warmup", s(&solutions), "--warmup-steps", "100", "--reward", reward,
+            "--iterations", "1", "--batch-prompts", "1", "--samples", "4", "--temperature", "0.3",
+            "--max-tokens", "12", "--lr-factor", "2", "--seed", "5",
+        ];
+        run_ok("maxrl", &args);
+        let log = read_jsonl(&out.join("rl.jsonl"));
+        let last = log.last().unwrap().clone();
+        assert_eq!(last["reward"], reward, "{last}");
+        last
+    };
+    let compile = rewards("compile");
+    assert!(
+        compile["compile_rate"].as_f64().unwrap() > 0.0
+            && compile["reward_rate"] == compile["compile_rate"],
+        "{compile}"
+    );
+    let by_tests = rewards("tests");
+    assert_eq!(
+        by_tests["compile_rate"], compile["compile_rate"],
+        "same samples"
+    );
+    assert_eq!(by_tests["reward_rate"].as_f64(), Some(0.0), "{by_tests}");
+    assert_eq!(
+        by_tests["trained_sequences"].as_u64(),
+        Some(0),
+        "{by_tests}"
+    );
+
+    #[rustfmt::skip]
+    let (code, _, stderr) = run("maxrl", &[
+        "--checkpoint", s(&ckpt), "--prompts", s(&prompts), "--prompts", s(&prompts),
+        "--out", s(&dir.path().join("twice")),
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("already in an earlier --prompts set"),
+        "{stderr}"
+    );
+}
+
 /// Pairs in the extractor's format made from the RL warm-up set (never an evaluation set): each
 /// prompt, and its reference body with the closing brace as the completion. The first `count`.
 fn warmup_pairs(count: usize) -> Vec<Json> {

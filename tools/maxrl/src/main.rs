@@ -2,8 +2,8 @@
 //!
 //! Each iteration exports the current weights to the ternary inference model (the model that
 //! will be served), samples `--samples` completions for each of `--batch-prompts` prompts, judges
-//! them with libs/eval (reward 1: compiles and is not trivial, or passes its tests when the task
-//! has tests), and takes one optimizer step on the weighted log-likelihood of the correct
+//! them with libs/eval (reward 1: passes its tests when the task has tests, else compiles and is
+//! not trivial; `--reward compile` ignores the tests), and takes one optimizer step on the weighted log-likelihood of the correct
 //! samples: MaxRL (per prompt, the mean over its correct samples) or rejection-sampling
 //! fine-tuning (all correct samples pooled). Prompts with no correct sample give no gradient.
 //! With `--warmup FILE`, supervised steps on reference solutions of the training prompts come
@@ -53,9 +53,13 @@ struct Cli {
     /// The checkpoint folder to start from (train's output).
     #[arg(long, value_name = "DIR")]
     checkpoint: PathBuf,
-    /// Prompts to learn on (JSONL, the eval-compile layout).
-    #[arg(long, value_name = "FILE")]
-    prompts: PathBuf,
+    /// Prompts to learn on (JSONL, the eval-compile layout); repeat the flag to join sets.
+    #[arg(long, value_name = "FILE", required = true)]
+    prompts: Vec<PathBuf>,
+    /// What earns reward 1: `tests` (the task's tests pass; a task without tests: it compiles
+    /// and is not trivial) or `compile` (it compiles and is not trivial, tests or not).
+    #[arg(long, value_name = "KIND", value_enum, default_value_t = Reward::Tests)]
+    reward: Reward,
     /// Prompts never trained on: greedy compile rate before and after.
     #[arg(long, value_name = "FILE")]
     heldout: Option<PathBuf>,
@@ -76,8 +80,8 @@ struct Cli {
     #[arg(long, value_name = "N", default_value_t = 96)]
     max_tokens: usize,
     /// maxrl (per-prompt mean of correct samples) or rft (pooled).
-    #[arg(long, value_name = "NAME", default_value = "maxrl", value_parser = ["maxrl", "rft"])]
-    estimator: String,
+    #[arg(long, value_name = "NAME", value_enum, default_value_t = EstimatorName::Maxrl)]
+    estimator: EstimatorName,
     /// Multiplies the run's peak learning rates.
     #[arg(long, value_name = "F", default_value_t = 0.3)]
     lr_factor: f64,
@@ -109,6 +113,29 @@ struct Cli {
     no_sandbox: bool,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Reward {
+    Tests,
+    Compile,
+}
+
+impl Reward {
+    fn of(self, verdict: eval::Verdict) -> bool {
+        match self {
+            Reward::Tests => verdict.success(),
+            Reward::Compile => verdict.compiled(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+enum EstimatorName {
+    Maxrl,
+    Rft,
+}
+
 fn main() -> ExitCode {
     let cli: Cli = match cli::parse("maxrl") {
         Ok(cli) => cli,
@@ -135,6 +162,26 @@ fn usage(message: impl std::fmt::Display) -> Failure {
 
 fn failed(message: impl std::fmt::Display) -> Failure {
     (1, message.to_string())
+}
+
+/// The tasks of every set, in order; a name in two sets is refused (the rewards and the logs go
+/// by name).
+fn load_prompt_sets(paths: &[PathBuf]) -> Result<Vec<Task>, Failure> {
+    let mut tasks: Vec<Task> = Vec::new();
+    let mut names = std::collections::HashSet::new();
+    for path in paths {
+        for task in load_prompts(path).map_err(usage)? {
+            if !names.insert(task.name.clone()) {
+                return Err(usage(format!(
+                    "{}: task {} is already in an earlier --prompts set",
+                    path.display(),
+                    task.name
+                )));
+            }
+            tasks.push(task);
+        }
+    }
+    Ok(tasks)
 }
 
 /// Greedy compile and success rates of the policy on `tasks`.
@@ -290,12 +337,11 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             "--iterations, --batch-prompts, --samples and --max-tokens must be at least 1",
         ));
     }
-    let estimator = if cli.estimator == "rft" {
-        Estimator::Rft
-    } else {
-        Estimator::MaxRl
+    let estimator = match cli.estimator {
+        EstimatorName::Maxrl => Estimator::MaxRl,
+        EstimatorName::Rft => Estimator::Rft,
     };
-    let tasks = load_prompts(&cli.prompts).map_err(usage)?;
+    let tasks = load_prompt_sets(&cli.prompts)?;
     let solutions = match &cli.warmup {
         Some(path) => Some(FromFile::load(path).map_err(usage)?),
         None => None,
@@ -392,7 +438,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         let successes: Vec<Vec<bool>> = evaluation
             .samples
             .chunks(cli.samples)
-            .map(|group| group.iter().map(|s| s.verdict.success()).collect())
+            .map(|group| group.iter().map(|s| cli.reward.of(s.verdict)).collect())
             .collect();
         let weights = sample_weights(&successes, estimator);
         let mut sequences = Vec::new();
@@ -412,6 +458,8 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             }
         }
         let summary = &evaluation.summary;
+        let rewarded = successes.iter().flatten().filter(|&&r| r).count();
+        let reward_rate = rewarded as f64 / summary.samples.max(1) as f64;
         let with_success = successes.iter().filter(|s| s.contains(&true)).count();
         let update_start = Instant::now();
         let update = if sequences.is_empty() {
@@ -427,8 +475,10 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             "phase": "rl",
             "iteration": iteration,
             "estimator": cli.estimator,
+            "reward": cli.reward,
             "samples": summary.samples,
-            "reward_rate": summary.success_rate,
+            "reward_rate": reward_rate,
+            "success_rate": summary.success_rate,
             "compile_rate": summary.compile_success_rate,
             "trivial_rate": summary.trivial_rate,
             "prompts_with_success": with_success as f64 / batch.len() as f64,
@@ -443,7 +493,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         eprintln!(
             "iter {iteration:>3}/{}: reward {:.3}  prompts with a success {:.2}  trained on {}  gen {:.0} tok/s  {:.0} s",
             cli.iterations,
-            summary.success_rate,
+            reward_rate,
             with_success as f64 / batch.len() as f64,
             sequences.len(),
             summary.tokens_per_second,
@@ -464,6 +514,8 @@ fn run(cli: &Cli) -> Result<(), Failure> {
     let rl = serde_json::json!({
         "from": cli.checkpoint.display().to_string(),
         "estimator": cli.estimator,
+        "reward": cli.reward,
+        "prompts": cli.prompts.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
         "sandbox": sandbox.isolation_summary(),
         "iterations": cli.iterations,
         "batch_prompts": cli.batch_prompts,
