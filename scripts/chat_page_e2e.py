@@ -6,11 +6,17 @@ page's own UI, and the streamed replies must appear.
     scripts/chat_page_e2e.py --serve target/release/serve -- --model runs/tiny/model.gguf
     scripts/chat_page_e2e.py --url http://127.0.0.1:8000             # a server already running
 
-The page is opened as /?autosend=MESSAGE&max_tokens=N (the page sends MESSAGE on load); a second message is typed
-into #input and sent with #send. Each turn must end with its assistant message marked `done`,
-non-empty, and with no error shown; with the echo backend (the default of --serve) each reply must
-be its message, cut to --max-tokens bytes. The page must then hold both turns in its `conversation` (what it sends with
-each request). With --serve, the server is stopped by SIGTERM and must exit 0.
+The page is opened as /?autosend=MESSAGE&max_tokens=N (the page sends MESSAGE on load); each --then
+message (one by default) is typed into #input and sent with #send. Each turn must end with its
+assistant message marked `done`, non-empty, and with no error shown; with the echo backend (the
+default of --serve) each reply must be its message, cut to --max-tokens bytes. The page must then
+hold every turn in its `conversation` (what it sends with each request). Every reply is printed in
+full; --screenshot saves the page as PNG at the end. With --serve, the server is stopped by SIGTERM
+and must exit 0.
+
+    scripts/chat_page_e2e.py --serve target/release/serve --max-tokens 96 --screenshot chat.png \
+        --message "Write a Rust function ..." --then "Write ..." --then "Write ..." \
+        -- --model runs/tiny/sft/model.gguf
 
 Chromium is driven over the DevTools protocol on a pipe (--remote-debugging-pipe: JSON messages
 ending in NUL on fds 3 and 4), so only the Python standard library is needed. Chromium: the Debian
@@ -20,6 +26,7 @@ Exit status: 0 the page works, 1 it does not (the reason is printed), 2 bad usag
 """
 
 import argparse
+import base64
 import json
 import os
 import re
@@ -118,6 +125,12 @@ class Browser:
         if "errorText" in result:
             raise Failed(f"cannot load {url}: {result['errorText']}")
 
+    def screenshot(self, path):
+        shot = self.call("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True},
+                         self.session)
+        with open(path, "wb") as f:
+            f.write(base64.b64decode(shot["data"]))
+
     def close(self):
         self.process.kill()
         self.process.wait()
@@ -152,7 +165,7 @@ def check_turn(browser, turn, message, echo_tokens, timeout):
     users = [m["text"] for m in state["messages"] if m["role"] == "user"]
     if users[-1] != message:
         raise Failed(f"turn {turn + 1}: the user message shows {users[-1]!r}")
-    print(f"turn {turn + 1}: {message!r} -> {reply['text'][:80]!r}")
+    print(f"turn {turn + 1}: {message!r} -> {reply['text']!r}")
 
 
 def start_server(binary, args):
@@ -178,16 +191,20 @@ def run(options):
     browser = None
     try:
         browser = Browser(options.chromium)
-        first, second = options.message, options.second_message
-        query = urllib.parse.urlencode({"autosend": first, "max_tokens": options.max_tokens})
+        query = urllib.parse.urlencode({"autosend": options.message, "max_tokens": options.max_tokens})
         browser.navigate(f"{url}/?{query}")
-        check_turn(browser, 0, first, echo_tokens, options.timeout)
-        browser.evaluate(f"document.getElementById('input').value = {json.dumps(second)};"
-                         "document.getElementById('send').click(); true")
-        check_turn(browser, 1, second, echo_tokens, options.timeout)
+        check_turn(browser, 0, options.message, echo_tokens, options.timeout)
+        typed = options.then or ["And a second turn, typed."]
+        for turn, message in enumerate(typed, start=1):
+            browser.evaluate(f"document.getElementById('input').value = {json.dumps(message)};"
+                             "document.getElementById('send').click(); true")
+            check_turn(browser, turn, message, echo_tokens, options.timeout)
         roles = browser.evaluate("JSON.stringify(conversation.map((m) => m.role))")
-        if json.loads(roles) != ["user", "assistant", "user", "assistant"]:
+        if json.loads(roles) != ["user", "assistant"] * (1 + len(typed)):
             raise Failed(f"the page keeps the conversation as {roles}")
+        if options.screenshot:
+            browser.screenshot(options.screenshot)
+            print(f"screenshot: {options.screenshot}")
     finally:
         if browser:
             browser.close()
@@ -210,8 +227,10 @@ def main():
     where.add_argument("--serve", metavar="BIN", help="start this serve binary on a free port")
     parser.add_argument("--message", default="Hello from the browser check!",
                         help="the first message (sent by ?autosend=)")
-    parser.add_argument("--second-message", default="And a second turn, typed.",
-                        help="the second message (typed into #input, sent with #send)")
+    parser.add_argument("--then", action="append", metavar="MESSAGE",
+                        help="a further message, typed into #input and sent with #send (repeat for "
+                             "more turns; default one)")
+    parser.add_argument("--screenshot", metavar="PNG", help="save the page as PNG after the last turn")
     parser.add_argument("--max-tokens", type=int, default=16,
                         help="the page's max tokens setting (?max_tokens=): keeps a reply, and "
                              "the second turn's prompt, short on a small model")
