@@ -5,7 +5,8 @@
 #   make                     the default pipeline (pipelines/tiny.mk) end to end -> runs/tiny/report.md
 #   PIPELINE=nano-125m make  another file of pipelines/
 #   make serve               the server on the pipeline's model (http://127.0.0.1:8000, chat page at /)
-#   make rl                  maxrl on the pipeline's checkpoint, evaluated, added to the report
+#   make sft                 fine-tuning on function pairs, evaluated, added to the report
+#   make rl                  fine-tuning, then maxrl on its checkpoint, evaluated, added to the report
 #   make test                THE test command (CI)
 #
 # Every step writes a file under runs/<pipeline>/, so an interrupted `make` resumes at the step that
@@ -15,7 +16,7 @@ CARGO ?= cargo
 BIN := target/release
 
 .PHONY: all build test venv sandbox lint fmt verify bench bench-quick bench-serve bench-load bench-train fuzz serve e2e-chat clean \
-	corpus tokens functions train export eval report rl ablations FORCE
+	corpus tokens functions train export eval report sft rl ablations FORCE
 
 all: report
 
@@ -169,7 +170,8 @@ $(RUN)/data/train.bin: $(RUN)/data/tokenizer.json | build
 # signature -> body) pairs that compile on their own, and their doc examples that pass as tests
 # (tests.jsonl, a prompt set eval-compile and maxrl read); none holds an evaluation prompt, by the
 # corpus step's rule. Counts in functions/summary.json (the vendored corpus: 25,793 documented
-# functions -> 271 pairs and 7 tasks with tests, 23 s on 2 cores). Not part of `all` yet.
+# functions -> 271 pairs and 7 tasks with tests, 23 s on 2 cores). `make sft` fine-tunes on the
+# pairs; `make rl` adds the tasks with tests to its RL prompts.
 functions: $(RUN)/functions/pairs.jsonl
 
 $(RUN)/functions/pairs.jsonl: $(RUN)/corpus/corpus.json $(EVAL_SETS) | build sandbox
@@ -194,9 +196,12 @@ $(RUN)/train.done: $(RUN)/data/train.bin | build
 # kernel of this CPU, bit for bit against the reference.
 export: $(RUN)/model.gguf
 
+# The GGUF of a checkpoint folder, its figures in export.json beside it.
+export_checkpoint = $(BIN)/quantize-export --checkpoint $(1) --out $@ --json > $(@D)/export.json.tmp \
+	&& mv $(@D)/export.json.tmp $(@D)/export.json
+
 $(RUN)/model.gguf: $(RUN)/train.done | build
-	$(BIN)/quantize-export --checkpoint $(RUN)/ckpt --out $@ --json > $(RUN)/export.json.tmp
-	mv $(RUN)/export.json.tmp $(RUN)/export.json
+	$(call export_checkpoint,$(RUN)/ckpt)
 
 $(RUN)/inspect.json: $(RUN)/model.gguf | build
 	$(BIN)/gguf-inspect $< --mhc $(RUN)/model.mhc --json > $@.tmp
@@ -207,16 +212,27 @@ $(RUN)/verify.json: $(RUN)/model.gguf | build
 	mv $@.tmp $@
 
 # Does the generated code compile, do its tests pass: the project's own prompt set, and
-# HumanEval-Rust when HUMANEVAL_RS names a copy.
+# HumanEval-Rust when HUMANEVAL_RS names a copy; sampled (EVAL_SAMPLES at EVAL_TEMPERATURE, for
+# pass@k) and greedy (one answer each), every sample kept beside (eval.samples.jsonl, ...). The same files for
+# each stage's model: pretraining ($(RUN)), fine-tuning ($(RUN)/sft), RL ($(RUN)/rl).
 EVAL_FLAGS := -n $(EVAL_SAMPLES) --temperature $(EVAL_TEMPERATURE) --max-tokens $(EVAL_MAX_TOKENS) --seed 1
-EVAL_OUTPUTS := $(RUN)/eval.json $(if $(HUMANEVAL_RS),$(RUN)/eval-humaneval.json)
+GREEDY_FLAGS := -n 1 --temperature 0 --max-tokens $(EVAL_MAX_TOKENS) --seed 1
+STAGE_EVALS := eval.json eval-greedy.json \
+	$(if $(HUMANEVAL_RS),eval-humaneval.json eval-humaneval-greedy.json)
+EVAL_OUTPUTS := $(addprefix $(RUN)/,$(STAGE_EVALS))
+STAGES := $(RUN) $(RUN)/sft $(RUN)/rl
 eval: $(EVAL_OUTPUTS)
 
-$(RUN)/eval.json: $(RUN)/model.gguf $(HELDOUT_PROMPTS) | build sandbox
-	$(BIN)/eval-compile --prompts $(HELDOUT_PROMPTS) --model $< $(EVAL_FLAGS) --out $@
-
-$(RUN)/eval-humaneval.json: $(RUN)/model.gguf $(HUMANEVAL_RS) | build sandbox
-	$(BIN)/eval-compile --prompts $(HUMANEVAL_RS) --model $< $(EVAL_FLAGS) --out $@
+evaluate = $(BIN)/eval-compile --prompts $(1) --model $< $(2) --out $@
+$(STAGES:%=%/eval.json): %/eval.json: %/model.gguf $(HELDOUT_PROMPTS) | build sandbox
+	$(call evaluate,$(HELDOUT_PROMPTS),$(EVAL_FLAGS))
+$(STAGES:%=%/eval-greedy.json): %/eval-greedy.json: %/model.gguf $(HELDOUT_PROMPTS) | build sandbox
+	$(call evaluate,$(HELDOUT_PROMPTS),$(GREEDY_FLAGS))
+$(STAGES:%=%/eval-humaneval.json): %/eval-humaneval.json: %/model.gguf $(HUMANEVAL_RS) | build sandbox
+	$(call evaluate,$(HUMANEVAL_RS),$(EVAL_FLAGS))
+$(STAGES:%=%/eval-humaneval-greedy.json): %/eval-humaneval-greedy.json: %/model.gguf $(HUMANEVAL_RS) \
+		| build sandbox
+	$(call evaluate,$(HUMANEVAL_RS),$(GREEDY_FLAGS))
 
 # Kernel throughput of this machine: the 4096x4096 GEMV of docs/BENCHMARKS.md, batch 1.
 $(RUN)/gemv.json: | build
@@ -234,29 +250,48 @@ $(RUN)/report.md: $(REPORT_INPUTS)
 	mv $@.tmp $@
 	@echo "report card: $@"
 
-# Reinforcement from compiler feedback on the trained checkpoint: a supervised warm-up on the
-# warm-up set's solutions (RL_WARMUP_STEPS), then RL on the RL prompt set from the model's own
-# samples; greedy compile rate on the held-out set before, after the warm-up and after RL, then the improved model's GGUF,
-# its eval-compile figures, and the report card again with an RL section.
-rl: $(RUN)/rl/eval.json
+# Supervised fine-tuning of the pretrained checkpoint on the function pairs of `make functions`
+# (the loss on the bodies only; SFT_CHAT_SHARE of them as chat turns in serve's template), then its
+# GGUF, its evaluations and the report card with a fine-tuning section. A checkpoint in sft/ older
+# than the pretraining run is from an earlier run: it is started afresh, not resumed.
+sft: $(REPORT_INPUTS) $(addprefix $(RUN)/sft/,$(STAGE_EVALS))
 	python3 scripts/report.py --run $(RUN) --pipeline $(PIPELINE_FILE) > $(RUN)/report.md.tmp
 	mv $(RUN)/report.md.tmp $(RUN)/report.md
 	@echo "report card: $(RUN)/report.md"
 
-$(RUN)/rl/summary.json: $(RUN)/train.done $(RL_PROMPTS) $(RL_WARMUP_PROMPTS) $(RL_WARMUP) \
+SFT_IO := --sft $(RUN)/functions/pairs.jsonl --out $(RUN)/sft --eval-every 100 --checkpoint-every 100 \
+	--log-every 25
+$(RUN)/sft.done: $(RUN)/train.done $(RUN)/functions/pairs.jsonl | build
+	if [ $(RUN)/sft/trainer_state.json -nt $(RUN)/train.done ]; then $(BIN)/train --resume $(SFT_IO); \
+	else rm -rf $(RUN)/sft && $(BIN)/train $(SFT_IO) --init $(RUN)/ckpt --steps $(SFT_STEPS) \
+		--sft-chat-share $(SFT_CHAT_SHARE) --seed 1; fi
+	touch $@
+
+$(RUN)/sft/model.gguf: $(RUN)/sft.done | build
+	$(call export_checkpoint,$(RUN)/sft)
+
+# Reinforcement from the compiler on the fine-tuned checkpoint: a supervised warm-up on the
+# warm-up set's solutions (RL_WARMUP_STEPS), then RL on the RL prompt set and the tests harvested by
+# `make functions`, from the model's own samples (RL_REWARD: tests, or compile for the ablation);
+# greedy rates on the held-out set before, after the warm-up and after RL; then the improved
+# model's GGUF, its evaluations, and the report card again with an RL section.
+rl: $(REPORT_INPUTS) $(addprefix $(RUN)/sft/,$(STAGE_EVALS)) $(addprefix $(RUN)/rl/,$(STAGE_EVALS))
+	python3 scripts/report.py --run $(RUN) --pipeline $(PIPELINE_FILE) > $(RUN)/report.md.tmp
+	mv $(RUN)/report.md.tmp $(RUN)/report.md
+	@echo "report card: $(RUN)/report.md"
+
+$(RUN)/rl/summary.json: $(RUN)/sft.done $(RL_PROMPTS) $(RL_WARMUP_PROMPTS) $(RL_WARMUP) \
 		$(HELDOUT_PROMPTS) | build sandbox
-	$(BIN)/maxrl --checkpoint $(RUN)/ckpt --prompts $(RL_PROMPTS) --heldout $(HELDOUT_PROMPTS) \
-		--out $(RUN)/rl --iterations $(RL_ITERATIONS) --batch-prompts $(RL_BATCH_PROMPTS) \
-		--samples $(RL_SAMPLES) --estimator $(RL_ESTIMATOR) --seed 1 \
+	$(BIN)/maxrl --checkpoint $(RUN)/sft --prompts $(RL_PROMPTS) \
+		$$([ -s $(RUN)/functions/tests.jsonl ] && echo --prompts $(RUN)/functions/tests.jsonl) \
+		--heldout $(HELDOUT_PROMPTS) --out $(RUN)/rl --iterations $(RL_ITERATIONS) \
+		--batch-prompts $(RL_BATCH_PROMPTS) --samples $(RL_SAMPLES) --estimator $(RL_ESTIMATOR) \
+		--reward $(RL_REWARD) --seed 1 \
 		$(if $(filter-out 0,$(RL_WARMUP_STEPS)),--warmup-prompts $(RL_WARMUP_PROMPTS) \
 			--warmup $(RL_WARMUP) --warmup-steps $(RL_WARMUP_STEPS))
 
 $(RUN)/rl/model.gguf: $(RUN)/rl/summary.json | build
-	$(BIN)/quantize-export --checkpoint $(RUN)/rl --out $@ --json > $(RUN)/rl/export.json.tmp
-	mv $(RUN)/rl/export.json.tmp $(RUN)/rl/export.json
-
-$(RUN)/rl/eval.json: $(RUN)/rl/model.gguf $(HELDOUT_PROMPTS) | build sandbox
-	$(BIN)/eval-compile --prompts $(HELDOUT_PROMPTS) --model $< $(EVAL_FLAGS) --out $@
+	$(call export_checkpoint,$(RUN)/rl)
 
 # The server on the pipeline's model (built first if need be), or on MODEL=path/to/model.gguf.
 MODEL ?= $(RUN)/model.gguf

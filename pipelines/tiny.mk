@@ -29,6 +29,11 @@ EVAL_SAMPLES := 4
 EVAL_TEMPERATURE := 0.8
 EVAL_MAX_TOKENS := 128
 
+# Supervised fine-tuning (make sft) on the function pairs of `make functions`: optimizer steps, and
+# the share of examples drawn as chat turns instead of plain completions.
+SFT_STEPS := 300
+SFT_CHAT_SHARE := 0.3
+
 # maxrl (make rl): supervised warm-up steps on data/prompts/rl_warmup's solutions (0 = none),
 # iterations, prompts per iteration, samples per prompt, estimator (maxrl | rft).
 RL_WARMUP_STEPS := 120
@@ -36,3 +41,4 @@ RL_ITERATIONS := 20
 RL_BATCH_PROMPTS := 16
 RL_SAMPLES := 8
 RL_ESTIMATOR := maxrl
+RL_REWARD := tests

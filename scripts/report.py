@@ -154,6 +154,110 @@ def eval_lines(title, e):
     return lines
 
 
+# The stages of a run, each a folder holding its model's evaluations (the Makefile's STAGES).
+STAGES = [("pretrained", ""), ("+ fine-tuning", "sft"), ("+ fine-tuning + RL", "rl")]
+SETS = [("rust_tasks", "eval"), ("HumanEval-Rust", "eval-humaneval")]
+
+
+def stage_evals(run):
+    """(stage label, folder, {set label: (sampled summary, greedy summary or None)}) for every stage
+    with a sampled evaluation."""
+    found = []
+    for label, sub in STAGES:
+        folder = os.path.join(run, sub)
+        sets = {}
+        for set_label, stem in SETS:
+            sampled = os.path.join(folder, stem + ".json")
+            greedy = os.path.join(folder, stem + "-greedy.json")
+            if os.path.exists(sampled):
+                sets[set_label] = (load_json(sampled), load_json(greedy) if os.path.exists(greedy) else None)
+        if sets:
+            found.append((label, folder, sets))
+    return found
+
+
+def headline_section(stages):
+    """pass@1 by tests first: greedy and sampled (unbiased estimator), then compile and trivial rates."""
+    lines = ["## Headline: does the code pass its tests", "",
+             "pass@1 over the tasks with tests: greedy (one answer at temperature 0) and sampled (the unbiased "
+             "estimator over n samples at the evaluation temperature); compile and trivial rates over all sampled "
+             "answers.", "",
+             "| model | set | pass@1 greedy | pass@1 sampled | compile (sampled) | trivial (sampled) | compile (greedy) |",
+             "|---|---|---|---|---|---|---|"]
+    for label, _, sets in stages:
+        for set_label, (sampled, greedy) in sets.items():
+            g1 = greedy["pass_at_k"].get("1") if greedy else None
+            lines.append(
+                f"| {label} | {set_label} ({sampled['prompts_with_tests']} with tests) | **{pct(g1)}** | "
+                f"**{pct(sampled['pass_at_k'].get('1'))}** (n={sampled['samples_per_prompt']}, "
+                f"T {sampled['temperature']}) | {pct(sampled['compile_success_rate'])} | "
+                f"{pct(sampled['trivial_rate'])} | {pct(greedy['compile_success_rate'] if greedy else None)} |")
+    lines.append("")
+    return lines
+
+
+def first_line_of_signature(prompt):
+    lines = [x for x in prompt.splitlines() if x.strip() and not x.lstrip().startswith("//")]
+    return lines[-1].strip() if lines else prompt.strip()
+
+
+def samples_section(label, folder, prompts_path):
+    """Three real answers of the last stage: one that passes, one that does not compile, one whose tests
+    fail (where its sampled or greedy answers hold one of each)."""
+    samples = []
+    for name in ["eval.samples.jsonl", "eval-greedy.samples.jsonl"]:
+        path = os.path.join(folder, name)
+        if os.path.exists(path):
+            samples += [dict(x, kind=name.split(".")[0]) for x in load_jsonl(path)]
+    if not samples:
+        return []
+    prompts = {t["name"]: t["prompt"] for t in load_jsonl(prompts_path)} if os.path.exists(prompts_path) else {}
+    lines = [f"## What the model writes ({label}, answers on rust_tasks)", ""]
+    for title, verdict in [("Passes its tests", "tests_pass"), ("Does not compile", "compile_error"),
+                           ("Compiles, tests fail", "tests_fail")]:
+        pick = next((x for x in samples if x["verdict"] == verdict), None)
+        if pick is None:
+            lines += [f"**{title}:** none among {len(samples)} answers.", ""]
+            continue
+        note = ""
+        if pick.get("errors"):
+            note = " Errors: " + ", ".join(f"`{e}`" for e in pick["errors"][:3]) + "."
+        elif pick.get("detail"):
+            note = " " + pick["detail"].strip().splitlines()[0][:160]
+        signature = first_line_of_signature(prompts.get(pick["task"], ""))
+        source = "greedy" if pick["kind"] == "eval-greedy" else f"sample {pick['sample']}"
+        lines += [f"**{title}:** `{pick['task']}`, {source}.{note}", "", "```rust",
+                  signature, pick["body"].rstrip(), "}", "```", ""]
+    return lines
+
+
+def sft_section(run):
+    folder = os.path.join(run, "sft")
+    state = load_json(os.path.join(folder, "trainer_state.json"))
+    records = load_jsonl(os.path.join(folder, "metrics.jsonl"))
+    evals = [r["record"] for r in records if r["kind"] == "eval"]
+    sft = state["run"].get("sft") or {}
+    seconds = max((r["elapsed_s"] for r in records), default=0.0)
+    lines = ["## Fine-tuning on function pairs (make sft)", "",
+             f"- {state['step']} steps from `{sft.get('init', '?')}` (step {sft.get('init_step', '?')}), "
+             f"{state['tokens_seen']:,} tokens, {seconds / 60:.1f} min; a share {sft.get('chat_share', 0)} of the "
+             "examples as chat turns; the loss on the answers only."]
+    functions = os.path.join(run, "functions", "summary.json")
+    if os.path.exists(functions):
+        f = load_json(functions)
+        lines.append(f"- Data: {f['pairs']} (doc + signature -> body) pairs that compile on their own, from "
+                     f"{f['functions_found']:,} documented functions of the corpus; {f['test_tasks']} tasks with "
+                     "tests from doc examples (RL prompts). None holds an evaluation prompt.")
+    if len(evals) >= 2:
+        first, last = evals[0], evals[-1]
+        chat = (f"; chat answers {first['val_chat_loss']:.3f} -> {last['val_chat_loss']:.3f}"
+                if first.get("val_chat_loss") is not None and last.get("val_chat_loss") is not None else "")
+        lines.append(f"- Held-out pairs ({first['windows']}): completion loss {first['val_loss']:.3f} -> "
+                     f"**{last['val_loss']:.3f}** nats per answer token{chat}.")
+    lines.append("")
+    return lines
+
+
 def kernel_section(gemv):
     lines = ["## Kernel", "",
              f"gemv-bench, {gemv['cpu']}, ternary GEMV batch 1 (GOPS, medians):", "",
@@ -172,7 +276,11 @@ def rl_section(run):
     summary = load_json(os.path.join(run, "rl", "summary.json"))
     records = load_jsonl(os.path.join(run, "rl", "rl.jsonl"))
     r = summary["run"]
+    reward = {"tests": "the task's tests pass (a task without tests: it compiles)",
+              "compile": "it compiles and is not trivial, tests ignored"}.get(r.get("reward", "tests"))
     lines = ["## Reinforcement from compiler feedback (make rl)", "",
+             f"From `{r['from']}`; reward 1 when {reward}; prompts "
+             + ", ".join(f"`{p}`" for p in r.get("prompts", [])) + ".", "",
              f"{r['estimator']}, {r['iterations']} iterations of {r['batch_prompts']} prompts x {r['samples']} samples, "
              f"temperature {r['temperature']}, {summary['seconds'] / 60:.1f} min.", ""]
     if r.get("warmup"):
@@ -190,9 +298,6 @@ def rl_section(run):
     if iterations:
         lines.append("- Reward rate per iteration: " + ", ".join(f"{x['reward_rate']:.2f}" for x in iterations) + ".")
     lines.append("")
-    rl_eval = os.path.join(run, "rl", "eval.json")
-    if os.path.exists(rl_eval):
-        lines += eval_lines("eval-compile of the RL model (same settings as above)", load_json(rl_eval))
     return lines
 
 
@@ -208,17 +313,26 @@ def main():
         lines = [f"# Report card: {run}", "",
                  f"Pipeline `{args.pipeline}`, commit {git_commit()}, {platform.machine()} with {os.cpu_count()} cores. "
                  "Every figure below is read from the files of this folder.", ""]
+        stages = stage_evals(run)
+        lines += headline_section(stages)
         lines += model_section(export, state)
         lines += data_section(run)
         lines += training_section(run, state)
         lines += export_section(export, load_json(os.path.join(run, "inspect.json")), load_json(os.path.join(run, "verify.json")))
-        lines += ["## eval-compile", ""]
-        lines += eval_lines("data/prompts/rust_tasks.jsonl (the project's own set)", load_json(os.path.join(run, "eval.json")))
-        if os.path.exists(os.path.join(run, "eval-humaneval.json")):
-            lines += eval_lines("HumanEval-Rust (MultiPL-E)", load_json(os.path.join(run, "eval-humaneval.json")))
         lines += kernel_section(load_json(os.path.join(run, "gemv.json")))
+        if os.path.exists(os.path.join(run, "sft", "trainer_state.json")):
+            lines += sft_section(run)
         if os.path.exists(os.path.join(run, "rl", "summary.json")):
             lines += rl_section(run)
+        lines += ["## eval-compile in detail", ""]
+        for label, _, sets in stages:
+            for set_label, (sampled, greedy) in sets.items():
+                lines += eval_lines(f"{set_label}, {label}, sampled", sampled)
+                if greedy:
+                    lines += eval_lines(f"{set_label}, {label}, greedy", greedy)
+        if stages:
+            label, folder, _ = stages[-1]
+            lines += samples_section(label, folder, "data/prompts/rust_tasks.jsonl")
     except (OSError, KeyError, ValueError) as e:
         sys.exit(f"report: {run}: {e} (run `make` to produce every input)")
     print("\n".join(lines))

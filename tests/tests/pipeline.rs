@@ -84,6 +84,8 @@ fn make_runs_every_step_into_file_targets_and_writes_the_report_card() {
         "verify.json",
         "eval.json",
         "eval.samples.jsonl",
+        "eval-greedy.json",
+        "eval-greedy.samples.jsonl",
         "gemv.json",
         "report.md",
     ] {
@@ -104,6 +106,8 @@ fn make_runs_every_step_into_file_targets_and_writes_the_report_card() {
         serde_json::from_str(&std::fs::read_to_string(run.join("eval.json")).unwrap()).unwrap();
     let report = std::fs::read_to_string(run.join("report.md")).unwrap();
     for needle in [
+        "## Headline: does the code pass its tests",
+        "| pretrained | rust_tasks (49 with tests) |",
         "## Model",
         "2 of 2 steps",
         "bits per ternary weight",
@@ -131,6 +135,36 @@ fn make_runs_every_step_into_file_targets_and_writes_the_report_card() {
         .modified()
         .unwrap();
     assert_eq!(before, after, "the second make rebuilt the report");
+
+    // Fine-tuning: the function pairs of the corpus, two steps from the checkpoint, its GGUF and
+    // evaluations, and the report card with the stage in its headline.
+    let sft = make(&run, &sources, &["SFT_STEPS=2", "SFT_CHAT_SHARE=0.5", "sft"]);
+    assert!(
+        sft.status.success(),
+        "make sft failed:\n{}",
+        String::from_utf8_lossy(&sft.stderr)
+    );
+    for target in [
+        "functions/pairs.jsonl",
+        "functions/summary.json",
+        "sft.done",
+        "sft/model.gguf",
+        "sft/eval.json",
+        "sft/eval-greedy.json",
+    ] {
+        assert!(run.join(target).is_file(), "{target} was not written");
+    }
+    let report = std::fs::read_to_string(run.join("report.md")).unwrap();
+    for needle in [
+        "| + fine-tuning | rust_tasks (49 with tests) |",
+        "## Fine-tuning on function pairs (make sft)",
+        "- 2 steps from",
+    ] {
+        assert!(
+            report.contains(needle),
+            "report lacks {needle:?}:\n{report}"
+        );
+    }
 
     // A prompt set named later is excluded too: the corpus (and what follows) is rebuilt even
     // though the file is older than the corpus, and the file that holds its prompt goes.
