@@ -3,7 +3,8 @@
 //! Each iteration exports the current weights to the ternary inference model (the model that
 //! will be served), samples `--samples` completions for each of `--batch-prompts` prompts, judges
 //! them with libs/eval (reward 1: passes its tests when the task has tests, else compiles and is
-//! not trivial; `--reward compile` ignores the tests), and takes one optimizer step on the weighted log-likelihood of the correct
+//! not trivial; `--compile-credit` rewards compiling answers that fail their tests in part;
+//! `--reward compile` ignores the tests), and takes one optimizer step on the weighted log-likelihood of the correct
 //! samples: MaxRL (per prompt, the mean over its correct samples) or rejection-sampling
 //! fine-tuning (all correct samples pooled). Prompts with no correct sample give no gradient.
 //! With `--warmup FILE`, supervised steps on reference solutions of the training prompts come
@@ -60,6 +61,11 @@ struct Cli {
     /// and is not trivial) or `compile` (it compiles and is not trivial, tests or not).
     #[arg(long, value_name = "KIND", value_enum, default_value_t = Reward::Tests)]
     reward: Reward,
+    /// With --reward tests: the reward of an answer that compiles (not trivial) but fails its
+    /// tests, in [0, 1). Each prompt learns from its best answers only: those that pass when any
+    /// does, else those that compile, weighted by this credit against the prompts that pass.
+    #[arg(long, value_name = "F", default_value_t = 0.0)]
+    compile_credit: f32,
     /// Prompts never trained on: greedy compile rate before and after.
     #[arg(long, value_name = "FILE")]
     heldout: Option<PathBuf>,
@@ -121,12 +127,41 @@ enum Reward {
 }
 
 impl Reward {
-    fn of(self, verdict: eval::Verdict) -> bool {
+    /// The reward of one answer.
+    fn of(self, verdict: eval::Verdict, compile_credit: f32) -> f32 {
         match self {
-            Reward::Tests => verdict.success(),
-            Reward::Compile => verdict.compiled(),
+            Reward::Tests if verdict.success() => 1.0,
+            Reward::Tests if verdict.compiled() => compile_credit,
+            Reward::Compile if verdict.compiled() => 1.0,
+            _ => 0.0,
         }
     }
+}
+
+/// The training weight of each answer of each prompt (`rewards[p][i]`): per prompt, the answers
+/// at its best reward level are its correct ones (`sample_weights`' estimator over them), and a
+/// prompt's weight is scaled by that level; the weights are then normalized to sum to 1 again.
+/// Muon and Lion take the same step whatever the loss's scale, so the credit of a partial answer
+/// acts only through this weighting against the prompts whose answers pass.
+fn reward_weights(rewards: &[Vec<f32>], estimator: Estimator) -> Vec<Vec<f32>> {
+    let best: Vec<f32> = rewards
+        .iter()
+        .map(|r| r.iter().copied().fold(0.0, f32::max))
+        .collect();
+    let correct: Vec<Vec<bool>> = rewards
+        .iter()
+        .zip(&best)
+        .map(|(r, &top)| r.iter().map(|&x| top > 0.0 && x == top).collect())
+        .collect();
+    let mut weights = sample_weights(&correct, estimator);
+    for (w, &level) in weights.iter_mut().zip(&best) {
+        w.iter_mut().for_each(|x| *x *= level);
+    }
+    let total: f32 = weights.iter().flatten().sum();
+    if total > 0.0 {
+        weights.iter_mut().flatten().for_each(|x| *x /= total);
+    }
+    weights
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -341,6 +376,13 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         EstimatorName::Maxrl => Estimator::MaxRl,
         EstimatorName::Rft => Estimator::Rft,
     };
+    if !(0.0..1.0).contains(&cli.compile_credit)
+        || (cli.compile_credit > 0.0 && cli.reward != Reward::Tests)
+    {
+        return Err(usage(
+            "--compile-credit must be in [0, 1), and goes with --reward tests",
+        ));
+    }
     let tasks = load_prompt_sets(&cli.prompts)?;
     let solutions = match &cli.warmup {
         Some(path) => Some(FromFile::load(path).map_err(usage)?),
@@ -435,12 +477,17 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         let evaluation =
             evaluate(&batch, &engine, settings, &sandbox, &|_, _| {}).map_err(failed)?;
         engine.engine.shutdown();
-        let successes: Vec<Vec<bool>> = evaluation
+        let rewards: Vec<Vec<f32>> = evaluation
             .samples
             .chunks(cli.samples)
-            .map(|group| group.iter().map(|s| cli.reward.of(s.verdict)).collect())
+            .map(|group| {
+                group
+                    .iter()
+                    .map(|s| cli.reward.of(s.verdict, cli.compile_credit))
+                    .collect()
+            })
             .collect();
-        let weights = sample_weights(&successes, estimator);
+        let weights = reward_weights(&rewards, estimator);
         let mut sequences = Vec::new();
         for (t, task) in batch.iter().enumerate() {
             for (i, sample) in evaluation.samples[t * cli.samples..(t + 1) * cli.samples]
@@ -458,9 +505,9 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             }
         }
         let summary = &evaluation.summary;
-        let rewarded = successes.iter().flatten().filter(|&&r| r).count();
-        let reward_rate = rewarded as f64 / summary.samples.max(1) as f64;
-        let with_success = successes.iter().filter(|s| s.contains(&true)).count();
+        let reward_rate = rewards.iter().flatten().map(|&r| f64::from(r)).sum::<f64>()
+            / summary.samples.max(1) as f64;
+        let with_success = rewards.iter().filter(|r| r.contains(&1.0)).count();
         let update_start = Instant::now();
         let update = if sequences.is_empty() {
             None
@@ -515,6 +562,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         "from": cli.checkpoint.display().to_string(),
         "estimator": cli.estimator,
         "reward": cli.reward,
+        "compile_credit": cli.compile_credit,
         "prompts": cli.prompts.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
         "sandbox": sandbox.isolation_summary(),
         "iterations": cli.iterations,
@@ -548,4 +596,55 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use eval::Verdict;
+
+    #[test]
+    fn rewards_follow_the_chosen_kind() {
+        let tests = |v| Reward::Tests.of(v, 0.25);
+        assert_eq!(tests(Verdict::TestsPass), 1.0);
+        assert_eq!(tests(Verdict::Compiles), 1.0, "a task without tests");
+        assert_eq!(tests(Verdict::TestsFail), 0.25);
+        assert_eq!(tests(Verdict::CompileError), 0.0);
+        assert_eq!(tests(Verdict::Trivial), 0.0);
+        assert_eq!(Reward::Compile.of(Verdict::TestsFail, 0.0), 1.0);
+        assert_eq!(Reward::Compile.of(Verdict::Trivial, 0.0), 0.0);
+    }
+
+    #[test]
+    fn each_prompt_learns_from_its_best_answers_weighted_by_their_level() {
+        // Prompt 0: one pass, one compile-only; prompt 1: compile-only twice; prompt 2: nothing.
+        let rewards = vec![vec![1.0, 0.25, 0.0], vec![0.25, 0.0, 0.25], vec![0.0; 3]];
+        let w = reward_weights(&rewards, Estimator::MaxRl);
+        // Before scaling: prompt 0's pass 1/2, prompt 1's two 1/4 each; scaled by 1 and 0.25,
+        // then normalized over 0.5 + 0.125.
+        let expect = [
+            [0.5 / 0.625, 0.0, 0.0],
+            [0.0625 / 0.625, 0.0, 0.0625 / 0.625],
+            [0.0; 3],
+        ];
+        for (row, want) in w.iter().zip(expect) {
+            for (a, b) in row.iter().zip(want) {
+                assert!((a - b).abs() < 1e-6, "{w:?}");
+            }
+        }
+        // Binary rewards: exactly the estimator's weights.
+        let binary = vec![vec![1.0, 0.0], vec![1.0, 1.0]];
+        let as_bools: Vec<Vec<bool>> = binary
+            .iter()
+            .map(|r| r.iter().map(|&x| x == 1.0).collect())
+            .collect();
+        assert_eq!(
+            reward_weights(&binary, Estimator::Rft),
+            sample_weights(&as_bools, Estimator::Rft)
+        );
+        assert_eq!(
+            reward_weights(&[vec![0.0, 0.0]], Estimator::MaxRl),
+            vec![vec![0.0, 0.0]]
+        );
+    }
 }
