@@ -274,18 +274,7 @@ impl Trainer {
         tokenizer_json: String,
         eval_windows_max: usize,
     ) -> Result<Self, TrainError> {
-        spec.validate().map_err(TrainError::Input)?;
-        let model = TrainModel::init(&spec.config, graph_options(&spec), spec.seed, &Device::Cpu)?;
-        let optimizer = new_optimizer(&model, &spec)?;
-        Self::assemble(
-            spec,
-            model,
-            optimizer,
-            data,
-            tokenizer_json,
-            eval_windows_max,
-            false,
-        )
+        Self::start(spec, None, data, tokenizer_json, eval_windows_max)
     }
 
     /// A run that starts from trained `weights` (fine-tuning a pretrained checkpoint's): a fresh
@@ -297,9 +286,23 @@ impl Trainer {
         tokenizer_json: String,
         eval_windows_max: usize,
     ) -> Result<Self, TrainError> {
+        Self::start(spec, Some(weights), data, tokenizer_json, eval_windows_max)
+    }
+
+    fn start(
+        spec: RunSpec,
+        weights: Option<Vec<(String, Tensor)>>,
+        data: TrainData,
+        tokenizer_json: String,
+        eval_windows_max: usize,
+    ) -> Result<Self, TrainError> {
         spec.validate().map_err(TrainError::Input)?;
-        let model = TrainModel::from_tensors(&spec.config, graph_options(&spec), weights)
-            .map_err(|e| TrainError::Input(format!("the initial weights: {e}")))?;
+        let options = graph_options(&spec);
+        let model = match weights {
+            None => TrainModel::init(&spec.config, options, spec.seed, &Device::Cpu)?,
+            Some(weights) => TrainModel::from_tensors(&spec.config, options, weights)
+                .map_err(|e| TrainError::Input(format!("the initial weights: {e}")))?,
+        };
         let optimizer = new_optimizer(&model, &spec)?;
         Self::assemble(
             spec,
