@@ -114,6 +114,14 @@ $(error PIPELINE=$(PIPELINE): there is no $(PIPELINE_FILE) (pipelines: $(notdir 
 endif
 include $(PIPELINE_FILE)
 RUN := runs/$(PIPELINE)
+# Every variable a pipeline file must set (TRAIN_FLAGS may be empty): a file that forgets one
+# fails here, with its name, not halfway through a run.
+PIPELINE_VARS := CONFIG TRAIN_FLAGS VOCAB TOKENIZER_SAMPLE_BYTES SEQ_LEN BATCH STEPS WARMUP \
+	MAX_MINUTES EVAL_EVERY EVAL_WINDOWS CHECKPOINT_EVERY EVAL_SAMPLES EVAL_TEMPERATURE \
+	EVAL_MAX_TOKENS SFT_STEPS SFT_CHAT_SHARE RL_WARMUP_STEPS RL_ITERATIONS RL_BATCH_PROMPTS \
+	RL_SAMPLES RL_ESTIMATOR RL_REWARD RL_COMPILE_CREDIT
+$(foreach v,$(PIPELINE_VARS),$(if $(filter undefined,$(origin $(v))),\
+	$(error $(PIPELINE_FILE) does not set $(v) (every pipeline sets: $(PIPELINE_VARS)))))
 
 # Rust source to train on (folders; every .rs file under them) and the prompt sets whose functions
 # must never be trained on: the project's own sets and, where they are, the MultiPL-E benchmarks.
@@ -272,7 +280,8 @@ $(RUN)/sft/model.gguf: $(RUN)/sft.done | build
 
 # Reinforcement from the compiler on the fine-tuned checkpoint: a supervised warm-up on the
 # warm-up set's solutions (RL_WARMUP_STEPS), then RL on the RL prompt set and the tests harvested by
-# `make functions`, from the model's own samples (RL_REWARD: tests, or compile for the ablation);
+# `make functions`, from the model's own samples (RL_REWARD: tests, with RL_COMPILE_CREDIT for an
+# answer that compiles and fails its tests; or compile, for the ablation);
 # greedy rates on the held-out set before, after the warm-up and after RL; then the improved
 # model's GGUF, its evaluations, and the report card again with an RL section.
 rl: $(REPORT_INPUTS) $(addprefix $(RUN)/sft/,$(STAGE_EVALS)) $(addprefix $(RUN)/rl/,$(STAGE_EVALS))
@@ -286,7 +295,7 @@ $(RUN)/rl/summary.json: $(RUN)/sft.done $(RL_PROMPTS) $(RL_WARMUP_PROMPTS) $(RL_
 		$$([ -s $(RUN)/functions/tests.jsonl ] && echo --prompts $(RUN)/functions/tests.jsonl) \
 		--heldout $(HELDOUT_PROMPTS) --out $(RUN)/rl --iterations $(RL_ITERATIONS) \
 		--batch-prompts $(RL_BATCH_PROMPTS) --samples $(RL_SAMPLES) --estimator $(RL_ESTIMATOR) \
-		--reward $(RL_REWARD) --seed 1 \
+		--reward $(RL_REWARD) $(if $(filter tests,$(RL_REWARD)),--compile-credit $(RL_COMPILE_CREDIT)) --seed 1 \
 		$(if $(filter-out 0,$(RL_WARMUP_STEPS)),--warmup-prompts $(RL_WARMUP_PROMPTS) \
 			--warmup $(RL_WARMUP) --warmup-steps $(RL_WARMUP_STEPS))
 

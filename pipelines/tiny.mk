@@ -35,10 +35,12 @@ SFT_STEPS := 300
 SFT_CHAT_SHARE := 0.3
 
 # maxrl (make rl): supervised warm-up steps on data/prompts/rl_warmup's solutions (0 = none),
-# iterations, prompts per iteration, samples per prompt, estimator (maxrl | rft).
+# iterations, prompts per iteration, samples per prompt, estimator (maxrl | rft), reward (tests |
+# compile) and, with tests, the reward of an answer that compiles but fails them.
 RL_WARMUP_STEPS := 120
 RL_ITERATIONS := 20
 RL_BATCH_PROMPTS := 16
 RL_SAMPLES := 8
 RL_ESTIMATOR := maxrl
 RL_REWARD := tests
+RL_COMPILE_CREDIT := 0.25
