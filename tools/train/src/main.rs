@@ -30,9 +30,26 @@ use train::trainer::{RunSpec, SftSpec, TrainData, TrainError, Trainer};
 
 // Training allocates and frees tensors of megabytes every op; glibc's malloc hands such blocks
 // back to the kernel each time, and the page faults of re-mapping them cost a third of a step.
-// mimalloc keeps them for reuse.
+// mimalloc keeps them for reuse (for how long: `keep_freed_memory`).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// mimalloc returns free arena memory to the kernel 100 ms after it was freed (purge delay 10 ms
+/// times the arena multiplier 10); a training step frees its activations and gradients and
+/// allocates them again the next step, 0.5-1 s later, so every step faulted its memory back in
+/// (the kernel zeroing huge pages: 18 % of a step's CPU time in `perf record` of `train --bench`,
+/// 48,680 page faults in 6 steps). Ten seconds keeps the working set of any step in use and
+/// still hands memory back during a long pause. An explicit `MIMALLOC_ARENA_PURGE_MULT` wins.
+fn keep_freed_memory() {
+    // `mi_option_arena_purge_mult` of mimalloc.h, 24 in both its v2 and v3 (the enum keeps
+    // deprecated entries so that the numbers stay); libmimalloc-sys 0.1.49 does not export it.
+    const ARENA_PURGE_MULT: libmimalloc_sys::mi_option_t = 24;
+    if std::env::var_os("MIMALLOC_ARENA_PURGE_MULT").is_none() {
+        // SAFETY: mi_option_set stores a value in mimalloc's option table (which it reads on each
+        // purge decision); any enumerator below `_mi_option_last` is valid, and 24 is one.
+        unsafe { libmimalloc_sys::mi_option_set(ARENA_PURGE_MULT, 1000) };
+    }
+}
 
 const EXAMPLES: &str = "\
 Examples:
@@ -288,6 +305,7 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(code) => return code,
     };
+    keep_freed_memory();
     // candle's element-wise pool spins 25,000 times before parking its workers; training
     // alternates those ops with rayon work (matmuls, the fused kernels) on the same cores, so the
     // spinning steals them: a short spin gives 2,450 instead of 2,100 tokens/s on 2 cores.
