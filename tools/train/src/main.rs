@@ -34,20 +34,21 @@ use train::trainer::{RunSpec, SftSpec, TrainData, TrainError, Trainer};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// mimalloc returns free arena memory to the kernel 100 ms after it was freed (purge delay 10 ms
-/// times the arena multiplier 10); a training step frees its activations and gradients and
-/// allocates them again the next step, 0.5-1 s later, so every step faulted its memory back in
-/// (the kernel zeroing huge pages: 18 % of a step's CPU time in `perf record` of `train --bench`,
-/// 48,680 page faults in 6 steps). Ten seconds keeps the working set of any step in use and
-/// still hands memory back during a long pause. An explicit `MIMALLOC_ARENA_PURGE_MULT` wins.
+/// mimalloc hands freed memory back to the kernel (a purge: `madvise(MADV_DONTNEED)`) a second
+/// after it was freed, and earlier when it collects; a training step frees its activations and
+/// gradients and allocates them again in the next step, so every step faulted that memory back
+/// in, the kernel zeroing the pages (`clear_page_erms`: 13-20 % of `train --bench`'s CPU time in
+/// `perf record`, about 500 page faults a step). Any positive purge delay, even 10 s, still let
+/// most of them through; -1 (never purge) leaves only the first touch of each page. The process
+/// then keeps its peak working set until it exits. An explicit `MIMALLOC_PURGE_DELAY` wins.
 fn keep_freed_memory() {
-    // `mi_option_arena_purge_mult` of mimalloc.h, 24 in both its v2 and v3 (the enum keeps
-    // deprecated entries so that the numbers stay); libmimalloc-sys 0.1.49 does not export it.
-    const ARENA_PURGE_MULT: libmimalloc_sys::mi_option_t = 24;
-    if std::env::var_os("MIMALLOC_ARENA_PURGE_MULT").is_none() {
+    // `mi_option_purge_delay` of mimalloc.h: 15 in both its v2 and v3 (the enum keeps deprecated
+    // entries so that the numbers stay); libmimalloc-sys 0.1.49 does not export the constant.
+    const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: mi_option_set stores a value in mimalloc's option table (which it reads on each
-        // purge decision); any enumerator below `_mi_option_last` is valid, and 24 is one.
-        unsafe { libmimalloc_sys::mi_option_set(ARENA_PURGE_MULT, 1000) };
+        // purge decision); any enumerator below `_mi_option_last` is valid, and 15 is one.
+        unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, -1) };
     }
 }
 
