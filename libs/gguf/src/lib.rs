@@ -2,9 +2,11 @@
 //! before use, and a writer that streams a file through a temporary name into place.
 //!
 //! Owns: the container format ([`read`], [`write`]), metadata values ([`value`]), the standard ggml
-//! tensor types ([`types`]), and the ternary weight pair convention of this project ([`ternary`]:
-//! I8 codes `name` + F32 scales `name.scale`). Does not own what the metadata means (libs/model),
-//! nor any printing or exiting (tools/gguf-inspect).
+//! tensor types ([`types`]), the ternary weight pair convention of this project ([`ternary`]:
+//! I8 codes `name` + F32 scales `name.scale`), and the block codecs of the llama.cpp types the
+//! project reads: TQ1_0/TQ2_0 ([`tq`]) and Q8_0 ([`q8`], which it also writes for the embedding
+//! and head). Does not own what the metadata means (libs/model), nor any printing or exiting
+//! (tools/gguf-inspect).
 //!
 //! Shapes: GGUF stores dimensions innermost first (`ne[0]` is the row length). This crate's API
 //! speaks `shape`, outermost first (`[rows, cols]`, as numpy and PyTorch do), and gives the file's
@@ -32,6 +34,7 @@
 //! ```
 
 pub mod error;
+pub mod q8;
 pub mod read;
 pub mod ternary;
 #[cfg(test)]

@@ -3,7 +3,8 @@
 //! The table mirrors ggml's `type_traits` (and the reference Python package's `GGML_QUANT_SIZES`):
 //! every id ggml still defines is known, so files made by llama.cpp can be listed. Ids ggml retired
 //! (4, 5, 31 to 33, 36 to 38) and ids past the table are unknown: reading one is an error. This
-//! project's own files use only [`GgmlType::F32`], [`GgmlType::F16`] and [`GgmlType::I8`].
+//! project's own files use [`GgmlType::F32`], [`GgmlType::F16`] and [`GgmlType::I8`], and
+//! [`GgmlType::Q8_0`] (or BF16, for imports) for the embedding and a dense head where asked.
 //!
 //! Also here: the half-precision conversions the tools need to look at F16/BF16 data.
 
