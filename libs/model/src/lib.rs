@@ -17,6 +17,7 @@ pub mod kv;
 pub mod load;
 pub mod metadata;
 pub mod model;
+pub mod q8;
 pub mod rng;
 pub mod sampling;
 pub mod stream;

@@ -13,6 +13,7 @@ use crate::config::{ModelConfig, ScaleGranularity};
 use crate::engine::{Engine, EngineOptions};
 use crate::metadata;
 use crate::model::{Block, Embedding, Head, Model, SubNorms};
+use crate::q8::Q8Table;
 use crate::tokenizer::Tokenizer;
 
 /// Largest deviation of an H_res row or column sum from 1 that loading accepts.
@@ -186,7 +187,8 @@ impl TensorReader<'_> {
         self.table("token_embd.weight", config)
     }
 
-    /// A `[V, C]` full-precision table (the embedding or a dense head) in the type the file has.
+    /// A `[V, C]` table (the embedding or a dense head) in the type the file has: F32, F16,
+    /// BF16 or Q8_0.
     fn table(&self, name: &str, config: &ModelConfig) -> Result<Embedding, String> {
         let t = self.tensor(name)?;
         let expected = [config.vocab_size as u64, config.dim as u64];
@@ -206,9 +208,15 @@ impl TensorReader<'_> {
             GgmlType::Bf16 => {
                 Embedding::Bf16(self.convert(t.data, 2, |b| bf16::from_le_bytes([b[0], b[1]])))
             }
+            GgmlType::Q8_0 => Embedding::Q8_0(
+                Q8Table::from_blocks(config.vocab_size, config.dim, t.data, |piece| {
+                    self.file.release(piece)
+                })
+                .map_err(|e| format!("tensor {name:?}: {e}"))?,
+            ),
             other => {
                 return Err(format!(
-                    "tensor {name:?} is {other}, expected F32, F16 or BF16"
+                    "tensor {name:?} is {other}, expected F32, F16, BF16 or Q8_0"
                 ))
             }
         };

@@ -13,9 +13,10 @@
 //! Variants (`ModelConfig::variant`): the gated activation `relu(g)² · up` instead of SwiGLU,
 //! and "sub-layer norms" (BitNet b1.58): `o = BitLinear_o(rmsnorm(a) · attn_sub_norm)` and
 //! `d = BitLinear_down(rmsnorm(act) · ffn_sub_norm)`. The LM head may also be a dense
-//! full-precision matrix (models imported from elsewhere), applied to the unquantized `h`.
+//! matrix (models imported from elsewhere), applied to the unquantized `h`.
 //! then collapse (mean of the streams), rmsnorm · output_norm, and the LM head (a ternary
-//! BitLinear, or the f32 embedding when tied). BitLinear(x) = ternary GEMM of the absmax-int8
+//! BitLinear, or the embedding table when tied: its f32, f16, bf16 or Q8_0 rows times the
+//! unquantized `h`, Q8_0 dots in q8.rs's order). BitLinear(x) = ternary GEMM of the absmax-int8
 //! quantized rows of x (libs/ternary's numerics). q, k, v share one fused weight (rows stacked in
 //! that order), as do gate and up: the activation is quantized once and every output row is the
 //! same as with separate weights.
@@ -31,18 +32,21 @@ use ternary::{Kernel, PlanarWeights, QuantizedBatch};
 use crate::attention::{attend, dot, GroupView};
 use crate::config::{FfnActivation, ModelConfig};
 use crate::kv::KvCache;
+use crate::q8::Q8Table;
 use crate::vmath::{relu2_rows, swiglu_rows};
 
-/// A full-precision `[V, C]` table as the file stores it: the token embedding, or a dense LM
-/// head.
+/// A `[V, C]` table as the file stores it (full precision, or ggml's 8-bit Q8_0 blocks): the
+/// token embedding, or a dense LM head.
 pub enum Embedding {
     F32(Vec<f32>),
     F16(Vec<f16>),
     Bf16(Vec<half::bf16>),
+    Q8_0(Q8Table),
 }
 
 impl Embedding {
-    /// Row `token` as f32 (16-bit tables widened with the CPU's conversion instructions).
+    /// Row `token` as f32 (16-bit tables widened with the CPU's conversion instructions, Q8_0
+    /// rows dequantized: all exact).
     fn row_into(&self, token: usize, dim: usize, out: &mut [f32]) {
         use half::slice::HalfFloatSliceExt;
         let range = token * dim..(token + 1) * dim;
@@ -50,6 +54,7 @@ impl Embedding {
             Embedding::F32(v) => out.copy_from_slice(&v[range]),
             Embedding::F16(v) => crate::vmath::widen_f16(&v[range], out),
             Embedding::Bf16(v) => v[range].convert_to_f32_slice(out),
+            Embedding::Q8_0(table) => table.row_into(token, out),
         }
     }
 
@@ -59,12 +64,14 @@ impl Embedding {
             Embedding::F32(v) => 4 * v.len(),
             Embedding::F16(v) => 2 * v.len(),
             Embedding::Bf16(v) => 2 * v.len(),
+            Embedding::Q8_0(table) => table.bytes(),
         }
     }
 
     /// `logits[b·V + t] = Σ_j h[b, j] · E[t, j]` for every token t and each row b of `h`
-    /// (`[B, C]`): the tied or dense LM head. Decoding streams the whole table every step, so
-    /// each table row is read once for all B rows, in parallel chunks of rows.
+    /// (`[B, C]`): the tied or dense LM head (Q8_0 in the summation order q8.rs defines).
+    /// Decoding streams the whole table every step, so each table row is read once for all B
+    /// rows, in parallel chunks of rows.
     fn logits(&self, h: &[f32], dim: usize, logits: &mut [f32]) {
         const CHUNK: usize = 256;
         let batch = h.len() / dim;
@@ -73,8 +80,13 @@ impl Embedding {
             .into_par_iter()
             .map(|chunk| {
                 let tokens = chunk * CHUNK..((chunk + 1) * CHUNK).min(vocab);
-                let mut row = vec![0.0f32; dim];
                 let mut out = Vec::with_capacity(tokens.len() * batch);
+                if let Embedding::Q8_0(table) = self {
+                    // Tiles of four rows, with one vector or two at a time (q8.rs).
+                    table.dots(tokens, h, &mut out);
+                    return out;
+                }
+                let mut row = vec![0.0f32; dim];
                 for token in tokens {
                     match self {
                         // f16 (the usual table): widened in registers, not through memory, for
