@@ -138,7 +138,11 @@ fn make_runs_every_step_into_file_targets_and_writes_the_report_card() {
 
     // Fine-tuning: the function pairs of the corpus, two steps from the checkpoint, its GGUF and
     // evaluations, and the report card with the stage in its headline.
-    let sft = make(&run, &sources, &["SFT_STEPS=2", "SFT_CHAT_SHARE=0.5", "sft"]);
+    let sft = make(
+        &run,
+        &sources,
+        &["SFT_STEPS=2", "SFT_CHAT_SHARE=0.5", "sft"],
+    );
     assert!(
         sft.status.success(),
         "make sft failed:\n{}",
