@@ -31,7 +31,7 @@ fn read_json(path: &Path) -> Json {
 
 /// Runs tests/fixtures/tq_llama.py with the venv's Python; its stdout.
 fn tq_script(args: &[&str]) -> String {
-    fixture_script("tq_llama.py", args)
+    cross_tool_tests::fixture_script("tq_llama.py", args)
 }
 
 /// Every position's logits of `tokens` run as one prompt. The KV cache is f32, as the references
@@ -116,16 +116,17 @@ fn llama_cpp_tq_files_import_bit_for_bit_and_run_like_the_reference() {
     let dir = tempfile::tempdir().unwrap();
     // TQ1_0 with one scale per matrix in every block, as llama.cpp's conversion of a BitNet model
     // gives: imported with that granularity (stored in fewer bytes at load); and llama.cpp's
-    // bitnet architecture (sub-layer norms, rotate-half RoPE, tied).
-    for (ggml_type, tied, arch) in [
-        ("TQ2_0", false, "llama"),
-        ("TQ1_0", true, "llama"),
-        ("TQ2_0", true, "bitnet"),
+    // bitnet architecture (sub-layer norms, rotate-half RoPE, tied) with its embedding in Q8_0
+    // (kept block for block, and run as the head).
+    for (ggml_type, tied, arch, tables) in [
+        ("TQ2_0", false, "llama", "F16"),
+        ("TQ1_0", true, "llama", "F16"),
+        ("TQ2_0", true, "bitnet", "Q8_0"),
     ] {
         let source_dir = dir.path().join(format!("{arch}-{ggml_type}"));
         let source_dir = source_dir.to_str().unwrap();
         let mut args = vec![
-            "write", "--type", ggml_type, "--out", source_dir, "--arch", arch,
+            "write", "--type", ggml_type, "--out", source_dir, "--arch", arch, "--tables", tables,
         ];
         if tied && arch == "llama" {
             args.extend(["--tied", "--per-tensor-scales"]);
@@ -154,6 +155,10 @@ fn llama_cpp_tq_files_import_bit_for_bit_and_run_like_the_reference() {
 
         let (model, tokenizer) = Model::load(&ours, None).unwrap();
         assert_eq!(model.config.tied_embeddings, tied);
+        assert_eq!(
+            matches!(model.embedding, model::model::Embedding::Q8_0(_)),
+            tables == "Q8_0"
+        );
         let granularity = match tied && arch == "llama" {
             true => model::ScaleGranularity::Tensor,
             false => model::ScaleGranularity::Block256,
@@ -401,8 +406,8 @@ fn bad_imports_exit_2_naming_the_problem_and_write_nothing() {
     std::fs::write(&weights, &bytes[..bytes.len() - 1000]).unwrap();
     expect_refusal(&folder, "model.safetensors");
 
-    // A llama.cpp file whose matrices are not ternary.
-    let source = dir.path().join("q8.gguf");
+    // A llama.cpp file whose matrices are not ternary, or whose embedding is in a block type
+    // other than Q8_0: refused by name.
     tq_script(&[
         "write",
         "--type",
@@ -411,64 +416,55 @@ fn bad_imports_exit_2_naming_the_problem_and_write_nothing() {
         dir.path().join("tq").to_str().unwrap(),
     ]);
     let gguf = gguf::GgufFile::open(dir.path().join("tq/model.gguf")).unwrap();
-    let mut layout = gguf::Layout::new();
-    for kv in gguf.metadata() {
-        if kv.key != gguf::ALIGNMENT_KEY {
-            layout.set(&kv.key, kv.value.clone()).unwrap();
+    for (replaced, ggml_type, needle) in [
+        (
+            "blk.0.attn_q.weight",
+            gguf::GgmlType::F32,
+            "\"blk.0.attn_q.weight\" is F32: weight matrices must be TQ1_0 or TQ2_0",
+        ),
+        (
+            "token_embd.weight",
+            gguf::GgmlType::Q4_0,
+            "\"token_embd.weight\" is Q4_0: supported types here: F32, F16, BF16, Q8_0",
+        ),
+    ] {
+        let source = dir.path().join("replaced.gguf");
+        let mut layout = gguf::Layout::new();
+        for kv in gguf.metadata() {
+            if kv.key != gguf::ALIGNMENT_KEY {
+                layout.set(&kv.key, kv.value.clone()).unwrap();
+            }
         }
-    }
-    let replaced = "blk.0.attn_q.weight";
-    for t in gguf.tensors() {
-        let (name, shape) = (t.info.name(), t.info.shape());
-        let ggml_type = match name {
-            _ if name == replaced => gguf::GgmlType::F32,
-            _ => t.info.ggml_type(),
-        };
-        layout.add_tensor(name, ggml_type, &shape).unwrap();
-    }
-    let mut writer = gguf::GgufWriter::create(&source, &layout).unwrap();
-    for t in gguf.tensors() {
-        match t.info.name() {
-            name if name == replaced => writer.write_f32(name, &vec![0.0; 256 * 256]),
-            name => writer.write_tensor(name, t.data),
+        for t in gguf.tensors() {
+            let (name, shape) = (t.info.name(), t.info.shape());
+            let t_type = match name {
+                _ if name == replaced => ggml_type,
+                _ => t.info.ggml_type(),
+            };
+            layout.add_tensor(name, t_type, &shape).unwrap();
         }
-        .unwrap();
+        let mut writer = gguf::GgufWriter::create(&source, &layout).unwrap();
+        for t in gguf.tensors() {
+            let name = t.info.name();
+            if name == replaced {
+                let bytes = ggml_type.bytes_for(t.info.n_elements()).unwrap();
+                writer.write_tensor(name, &vec![0; bytes as usize])
+            } else {
+                writer.write_tensor(name, t.data)
+            }
+            .unwrap();
+        }
+        writer.finish().unwrap();
+        let assert = quantize_export()
+            .arg("--gguf")
+            .arg(&source)
+            .args(["--out", out.to_str().unwrap()])
+            .assert()
+            .code(2);
+        let stderr = String::from_utf8_lossy(&assert.get_output().stderr).into_owned();
+        assert!(stderr.contains(needle), "{stderr}");
+        assert!(!out.exists());
     }
-    writer.finish().unwrap();
-    let assert = quantize_export()
-        .arg("--gguf")
-        .arg(&source)
-        .args(["--out", out.to_str().unwrap()])
-        .assert()
-        .code(2);
-    let stderr = String::from_utf8_lossy(&assert.get_output().stderr).into_owned();
-    assert!(
-        stderr.contains("\"blk.0.attn_q.weight\" is F32: weight matrices must be TQ1_0 or TQ2_0"),
-        "{stderr}"
-    );
-    assert!(!out.exists());
-}
-
-/// Runs a fixture script with the venv's Python; panics with its stderr on failure, else its
-/// stdout.
-fn fixture_script(script: &str, args: &[&str]) -> String {
-    let out = std::process::Command::new(cross_tool_tests::python())
-        .arg(fixtures().join(script))
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "python cannot run ({e}): {}",
-                cross_tool_tests::PYTHON_SETUP
-            )
-        });
-    assert!(
-        out.status.success(),
-        "{script} {args:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 #[test]
@@ -478,7 +474,7 @@ fn a_sentencepiece_vocabulary_tokenizes_as_sentencepiece_does() {
     // ids for every text and decode them back.
     let dir = tempfile::tempdir().unwrap();
     let source_dir = dir.path().join("spm");
-    fixture_script("spm_vocab.py", &["--out", source_dir.to_str().unwrap()]);
+    cross_tool_tests::fixture_script("spm_vocab.py", &["--out", source_dir.to_str().unwrap()]);
     let ours = dir.path().join("spm.gguf");
     quantize_export()
         .arg("--gguf")

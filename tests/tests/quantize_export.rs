@@ -173,7 +173,8 @@ fn assert_rows(loaded: &PlanarWeights, first: usize, ckpt: &Ckpt, name: &str) {
 }
 
 /// Loads `gguf` (+ `mhc`) and checks every tensor against the checkpoint.
-fn assert_model_is_the_checkpoint(gguf: &Path, mhc: Option<&Path>, ckpt: &Ckpt, f16_embd: bool) {
+/// `embedding`: the table type quantize-export was asked for ("f32", "f16" or "q8_0").
+fn assert_model_is_the_checkpoint(gguf: &Path, mhc: Option<&Path>, ckpt: &Ckpt, embedding: &str) {
     let (model, tokenizer) = Model::load(gguf, mhc).expect("the export loads");
     let config = &ckpt.config;
     assert_eq!(model.config, *config);
@@ -201,12 +202,23 @@ fn assert_model_is_the_checkpoint(gguf: &Path, mhc: Option<&Path>, ckpt: &Ckpt, 
         bits(ckpt.values("output_norm.weight"))
     );
     let embd = ckpt.values("token_embd.weight");
-    match (&model.embedding, f16_embd) {
-        (Embedding::F32(v), false) => assert_eq!(bits(v), bits(embd)),
-        (Embedding::F16(v), true) => {
+    match (&model.embedding, embedding) {
+        (Embedding::F32(v), "f32") => assert_eq!(bits(v), bits(embd)),
+        (Embedding::F16(v), "f16") => {
             let back: Vec<f32> = v.iter().map(|h| h.to_f32()).collect();
             let expected: Vec<f32> = embd.iter().map(|&x| f16::from_f32(x).to_f32()).collect();
             assert_eq!(bits(&back), bits(&expected));
+        }
+        (Embedding::Q8_0(table), "q8_0") => {
+            // llama.cpp's rule (gguf::q8, checked against the Python package in q8_0.rs).
+            let (mut blocks, mut expected) = (Vec::new(), Vec::new());
+            gguf::q8::quantize_into(embd, &mut blocks);
+            gguf::q8::dequantize_into(&blocks, &mut expected);
+            let mut row = vec![0.0; config.dim];
+            for (r, expected) in expected.chunks_exact(config.dim).enumerate() {
+                table.row_into(r, &mut row);
+                assert_eq!(bits(&row), bits(expected), "row {r}");
+            }
         }
         _ => panic!("embedding stored in the wrong type"),
     }
@@ -275,7 +287,7 @@ fn exported_models_load_as_the_checkpoint_for_every_stream_count_and_head() {
             vec!["model.gguf"]
         };
         assert_eq!(files_in(&out), expected_files, "{case}");
-        assert_model_is_the_checkpoint(&gguf, None, &ckpt, false);
+        assert_model_is_the_checkpoint(&gguf, None, &ckpt, "f32");
 
         assert_eq!(report["step"], 1200, "{case}");
         assert_eq!(report["weights"], "ternary");
@@ -351,7 +363,7 @@ fn text_summary_f16_embedding_name_and_mhc_path() {
         assert!(stdout.contains(expected), "{expected:?} in {stdout}");
     }
     assert!(!dir.path().join("tiny.mhc").exists());
-    assert_model_is_the_checkpoint(&gguf, Some(&mhc), &ckpt, true);
+    assert_model_is_the_checkpoint(&gguf, Some(&mhc), &ckpt, "f16");
     let file = gguf::GgufFile::open(&gguf).unwrap();
     assert_eq!(
         file.get("general.name").and_then(|v| v.as_str()),
@@ -363,6 +375,26 @@ fn text_summary_f16_embedding_name_and_mhc_path() {
         Some(model::tokenizer::byte_level_json(300).as_str()),
         "the tokenizer is embedded verbatim"
     );
+}
+
+#[test]
+fn a_q8_0_embedding_is_llama_cpps_blocks_of_the_checkpoint_values() {
+    let dir = tempfile::tempdir().unwrap();
+    for tied in [true, false] {
+        let ckpt = Ckpt::new(config(1, tied));
+        let folder = dir.path().join(format!("ckpt-{tied}"));
+        ckpt.write(&folder);
+        let gguf = dir.path().join(format!("q8-{tied}.gguf"));
+        let args = ["--checkpoint", s(&folder), "--out", s(&gguf)];
+        let (code, stdout, stderr) = run(&[&args[..], &["--embedding", "q8_0"]].concat());
+        assert_eq!(code, 0, "{stderr}");
+        assert!(stdout.contains("LM head, Q8_0 embedding"), "{stdout}");
+        assert_model_is_the_checkpoint(&gguf, None, &ckpt, "q8_0");
+        let (code, stdout, stderr) = run(&[&args[..], &["--embedding", "q8_0", "--json"]].concat());
+        assert_eq!(code, 0, "{stderr}");
+        let report: Json = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(report["embedding"], "q8_0");
+    }
 }
 
 #[test]
@@ -386,7 +418,7 @@ fn a_full_precision_checkpoint_needs_the_flag_and_gets_a_warning() {
     let (code, _, stderr) = run(&[&args[..], &["--allow-full-precision"]].concat());
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.starts_with("quantize-export: warning: "), "{stderr}");
-    assert_model_is_the_checkpoint(&gguf, None, &ckpt, false);
+    assert_model_is_the_checkpoint(&gguf, None, &ckpt, "f32");
 }
 
 /// Runs `args`, asserts exit 2, nothing on stdout, one line on stderr and no file in `out`;

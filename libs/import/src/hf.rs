@@ -206,6 +206,7 @@ pub fn import(dir: &Path) -> Result<Imported, ImportError> {
         config,
         embedding,
         tables,
+        q8_0: HashMap::new(),
         ternary,
         tokenizer_json,
         chat,

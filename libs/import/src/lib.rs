@@ -10,7 +10,8 @@
 //!   `tokenizer.json` by [`vocab`].
 //!
 //! Both give an [`Imported`] model: the configuration (with its architecture variant), the
-//! full-precision tables and norms, the ternary matrices in planar form with the source's scales
+//! embedding, head and norms (full precision, or llama.cpp's Q8_0 blocks as stored), the ternary
+//! matrices in planar form with the source's scales
 //! repeated onto the per-group-of-128 grid (exact: every source granularity is coarser), the
 //! tokenizer and the chat settings. [`Imported::write`] writes it through `model::export`, the
 //! one writer of model files. Nothing here prints or exits.
@@ -23,7 +24,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use model::export::{
-    write_model, EmbeddingType, ExportError, ExportInput, ExportSummary, F32Tensor,
+    write_model_keeping_q8_0, EmbeddingType, ExportError, ExportInput, ExportSummary, F32Tensor,
 };
 use model::tokenizer::ChatSpec;
 use model::ModelConfig;
@@ -36,10 +37,14 @@ pub struct Imported {
     /// What was read, for the summary: "Hugging Face BitNet (packed 2-bit)", ...
     pub source_kind: String,
     pub config: ModelConfig,
-    /// The type the embedding (and a dense head) is stored in: the source's own.
+    /// The type the embedding (and a dense head) is written in: by default the source's own.
     pub embedding: EmbeddingType,
-    /// The embedding, the norms and a dense head, as f32 (exact for every type read).
+    /// The embedding, the norms and a dense head, as f32 (exact for every type read), except
+    /// those in `q8_0`.
     pub tables: HashMap<String, F32Tensor>,
+    /// Tables the source stores as Q8_0 (llama.cpp files): shape `[V, C]` and the GGUF bytes,
+    /// written as they are when `embedding` is Q8_0, dequantized (exactly) otherwise.
+    pub q8_0: HashMap<String, (Vec<usize>, Vec<u8>)>,
     /// Every ternary matrix by its GGUF name.
     pub ternary: HashMap<String, PlanarWeights>,
     pub tokenizer_json: String,
@@ -49,9 +54,20 @@ pub struct Imported {
 impl Imported {
     /// Writes the model as GGUF (plain residuals: no .mhc file).
     pub fn write(&self, gguf_path: &Path) -> Result<ExportSummary, ExportError> {
-        let tables = |name: &str| self.tables.get(name).cloned();
+        let tables = |name: &str| {
+            self.tables.get(name).cloned().or_else(|| {
+                let (shape, blocks) = self.q8_0.get(name)?;
+                let mut values = Vec::new();
+                gguf::q8::dequantize_into(blocks, &mut values);
+                Some(F32Tensor {
+                    shape: shape.clone(),
+                    values,
+                })
+            })
+        };
         let ternary = |name: &str| self.ternary.get(name).cloned();
-        write_model(
+        let stored = |name: &str| self.q8_0.get(name).map(|(_, blocks)| blocks.clone());
+        write_model_keeping_q8_0(
             gguf_path,
             None,
             &ExportInput {
@@ -63,6 +79,7 @@ impl Imported {
                 ternary: Some(&ternary),
                 chat: Some(&self.chat),
             },
+            &stored,
         )
     }
 }

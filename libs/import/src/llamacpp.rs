@@ -7,8 +7,9 @@
 //! the rotate-half layout ([`crate::rotate_half_source_row`]), which moves rows whole, blocks
 //! included. `bitnet` (llama.cpp's BitNet b1.58 graph) already rotates halves, has BitNet's
 //! sub-layer norms with a SiLU-gated FFN, and always uses the embedding as its output.
-//! The embedding and an untied output head stay in their type (F32, F16 or BF16; both F32 if
-//! they differ); an output head in TQ1_0/TQ2_0 stays ternary. Any other type is refused by name.
+//! The embedding and an untied output head stay in their type (F32, F16, BF16, or Q8_0 with
+//! every block kept as stored; both F32 if they differ); an output head in TQ1_0/TQ2_0 stays
+//! ternary. Any other type is refused by name.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -139,9 +140,11 @@ pub fn import(path: &Path) -> Result<Imported, ImportError> {
     let embedding = match table_types.as_slice() {
         [GgmlType::F16] | [GgmlType::F16, GgmlType::F16] => EmbeddingType::F16,
         [GgmlType::Bf16] | [GgmlType::Bf16, GgmlType::Bf16] => EmbeddingType::Bf16,
+        [GgmlType::Q8_0] | [GgmlType::Q8_0, GgmlType::Q8_0] => EmbeddingType::Q8_0,
         _ => EmbeddingType::F32,
     };
     let mut tables = HashMap::new();
+    let mut q8_0 = HashMap::new();
     let mut ternary = HashMap::new();
     // llama.cpp's conversion of a BitNet model repeats its one scale per matrix in every block:
     // then the model's granularity is the matrix, which the loader stores in fewer bytes.
@@ -179,15 +182,21 @@ pub fn import(path: &Path) -> Result<Imported, ImportError> {
             ternary.insert(name.to_string(), w);
             continue;
         }
+        let shape: Vec<usize> = t.info.shape().iter().map(|&d| d as usize).collect();
+        let table = name == "token_embd.weight" || name == "output.weight";
         let values: Vec<f32> = match ggml_type {
             GgmlType::F32 => t.f32_values().expect("F32").into_owned(),
             GgmlType::F16 => widen_le16(t.data, gguf::types::f16_to_f32),
             GgmlType::Bf16 => widen_le16(t.data, gguf::types::bf16_to_f32),
+            // Kept as stored (the reader checked the length; the writer checks the scales).
+            GgmlType::Q8_0 if table => {
+                q8_0.insert(name.to_string(), (shape, t.data.to_vec()));
+                continue;
+            }
             other => {
-                let role = if name.ends_with("norm.weight")
-                    || name.starts_with("token_embd")
-                    || name == "output.weight"
-                {
+                let role = if table {
+                    "supported types here: F32, F16, BF16, Q8_0"
+                } else if name.ends_with("norm.weight") {
                     "supported types here: F32, F16, BF16"
                 } else {
                     "weight matrices must be TQ1_0 or TQ2_0"
@@ -195,7 +204,6 @@ pub fn import(path: &Path) -> Result<Imported, ImportError> {
                 return Err(unsupported(format!("tensor {name:?} is {other}: {role}")));
             }
         };
-        let shape = t.info.shape().iter().map(|&d| d as usize).collect();
         tables.insert(name.to_string(), F32Tensor { shape, values });
     }
     if one_scale_per_matrix {
@@ -212,6 +220,7 @@ pub fn import(path: &Path) -> Result<Imported, ImportError> {
         config,
         embedding,
         tables,
+        q8_0,
         ternary,
         chat: chat_spec(&file, path)?,
         tokenizer_json: tokenizer.json,

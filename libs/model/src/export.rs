@@ -9,6 +9,9 @@
 //! record order, [`mhc::Mhc2::from_flat`] / [`mhc::Mhc4::from_flat`]). Ternary weights are
 //! quantized by [`ternary::PlanarWeights::from_f32`], the function training's straight-through
 //! estimator uses, so the file holds the model training saw.
+//! The embedding (and a tied or dense head) is written as [`EmbeddingType`] says: F32, F16, BF16,
+//! or Q8_0 quantized with llama.cpp's rule (`gguf::q8`), or kept block for block when the source
+//! has Q8_0 blocks already ([`write_model_keeping_q8_0`], imports).
 //!
 //! ```no_run
 //! use model::export::{write_model, EmbeddingType, ExportInput, F32Tensor};
@@ -48,7 +51,7 @@ use crate::load::{default_mhc_path, DOUBLY_STOCHASTIC_TOLERANCE};
 use crate::metadata;
 use crate::tokenizer::{ChatSpec, Tokenizer};
 
-/// Storage type of the embedding (and of a dense LM head) in the file.
+/// Storage type of the embedding (and of a tied or dense LM head) in the file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EmbeddingType {
@@ -56,6 +59,23 @@ pub enum EmbeddingType {
     F16,
     /// For models imported in BF16: the values as they are (training writes F32 or F16).
     Bf16,
+    /// ggml's 8-bit blocks (`gguf::q8`: 32 values share an f16 scale, 8.5 bits a value),
+    /// quantized with llama.cpp's rule, or kept as they are when the source has them
+    /// ([`write_model_keeping_q8_0`]). A numerics change: each value moves by up to half its
+    /// block's step (`max |x| / 254`); the dim must be a multiple of 32.
+    Q8_0,
+}
+
+impl EmbeddingType {
+    /// The ggml type written.
+    pub fn ggml_type(self) -> GgmlType {
+        match self {
+            EmbeddingType::F32 => GgmlType::F32,
+            EmbeddingType::F16 => GgmlType::F16,
+            EmbeddingType::Bf16 => GgmlType::Bf16,
+            EmbeddingType::Q8_0 => GgmlType::Q8_0,
+        }
+    }
 }
 
 /// The name of the embedding tensor.
@@ -218,6 +238,10 @@ pub enum ExportError {
         index: usize,
         value: f32,
     },
+    /// Q8_0 blocks that cannot be written: a block whose scale is not a finite f16, or stored
+    /// blocks of the wrong length.
+    #[error("tensor {name:?}: {message}")]
+    Q8_0 { name: String, message: String },
     /// mHC parameters that do not give doubly-stochastic matrices.
     #[error("tensor {name:?}: {message}")]
     Mhc { name: String, message: String },
@@ -237,10 +261,33 @@ pub fn write_model(
     mhc_path: Option<&Path>,
     input: &ExportInput<'_>,
 ) -> Result<ExportSummary, ExportError> {
+    write_model_keeping_q8_0(gguf_path, mhc_path, input, &|_| None)
+}
+
+/// Tables held as Q8_0 blocks already (imports), by name: the GGUF bytes of the whole `[V, C]`
+/// table, row after row.
+pub type Q8Source<'a> = dyn Fn(&str) -> Option<Vec<u8>> + 'a;
+
+/// [`write_model`], where a table that `stored` has is written as those bytes when the output
+/// type is [`EmbeddingType::Q8_0`] (every block and scale kept; checked for length and finite
+/// scales); other tables, and every table for other types, come from `input.tensors`.
+pub fn write_model_keeping_q8_0(
+    gguf_path: &Path,
+    mhc_path: Option<&Path>,
+    input: &ExportInput<'_>,
+    stored: &Q8Source<'_>,
+) -> Result<ExportSummary, ExportError> {
     let config = input.config;
     config
         .validate()
         .map_err(|e| ExportError::Config(e.to_string()))?;
+    if input.embedding == EmbeddingType::Q8_0 && config.dim % gguf::q8::BLOCK != 0 {
+        return Err(ExportError::Config(format!(
+            "a Q8_0 embedding needs rows of whole blocks of {} values; dim is {}",
+            gguf::q8::BLOCK,
+            config.dim
+        )));
+    }
     if config.moe.is_some() {
         // The loader refuses MoE files, so writing one would make a model nothing can run.
         return Err(ExportError::Config(
@@ -290,12 +337,7 @@ pub fn write_model(
     for t in &sources {
         match t.role {
             TensorRole::Embedding => {
-                let ggml_type = match input.embedding {
-                    EmbeddingType::F32 => GgmlType::F32,
-                    EmbeddingType::F16 => GgmlType::F16,
-                    EmbeddingType::Bf16 => GgmlType::Bf16,
-                };
-                layout.add_tensor(t.name.as_str(), ggml_type, &shape(t))
+                layout.add_tensor(t.name.as_str(), input.embedding.ggml_type(), &shape(t))
             }
             TensorRole::Norm => layout.add_tensor(t.name.as_str(), GgmlType::F32, &shape(t)),
             TensorRole::Ternary => layout.add_ternary(&t.name, t.shape[0], t.shape[1]),
@@ -309,16 +351,28 @@ pub fn write_model(
     let (mut ternary_weights, mut ternary_bytes) = (0u64, 0u64);
     for t in &sources {
         match t.role {
-            TensorRole::Embedding => {
-                let values = fetch(input.tensors, t)?;
-                match input.embedding {
-                    EmbeddingType::F32 => writer.write_f32(&t.name, &values),
-                    EmbeddingType::F16 => writer.write_tensor(&t.name, &to_f16_bytes(t, &values)?),
-                    EmbeddingType::Bf16 => {
-                        writer.write_tensor(&t.name, &to_bf16_bytes(t, &values)?)
+            TensorRole::Embedding => match (input.embedding, stored(&t.name)) {
+                (EmbeddingType::Q8_0, Some(blocks)) => {
+                    writer.write_tensor(&t.name, &checked_q8_0(t, blocks)?)
+                }
+                (embedding, _) => {
+                    let values = fetch(input.tensors, t)?;
+                    match embedding {
+                        EmbeddingType::F32 => writer.write_f32(&t.name, &values),
+                        EmbeddingType::F16 => {
+                            writer.write_tensor(&t.name, &to_f16_bytes(t, &values)?)
+                        }
+                        EmbeddingType::Bf16 => {
+                            writer.write_tensor(&t.name, &to_bf16_bytes(t, &values)?)
+                        }
+                        EmbeddingType::Q8_0 => {
+                            let mut blocks = Vec::new();
+                            gguf::q8::quantize_into(&values, &mut blocks);
+                            writer.write_tensor(&t.name, &checked_q8_0(t, blocks)?)
+                        }
                     }
                 }
-            }
+            },
             TensorRole::Norm => writer.write_f32(&t.name, &fetch(input.tensors, t)?),
             TensorRole::Ternary => {
                 let (rows, cols) = (t.shape[0], t.shape[1]);
@@ -440,6 +494,33 @@ fn fetch_ternary(
         });
     }
     Ok(w)
+}
+
+/// Q8_0 `blocks` of `t`, if they are as many as its shape needs and every scale is finite (the
+/// loader's conditions): a block whose largest value is beyond 127 times the largest f16 has
+/// none.
+fn checked_q8_0(t: &SourceTensor, blocks: Vec<u8>) -> Result<Vec<u8>, ExportError> {
+    let error = |message: String| ExportError::Q8_0 {
+        name: t.name.clone(),
+        message,
+    };
+    let values: usize = t.shape.iter().product();
+    let expected = values / gguf::q8::BLOCK * gguf::q8::BLOCK_BYTES;
+    if blocks.len() != expected {
+        return Err(error(format!(
+            "{} bytes of Q8_0 blocks, its shape {:?} needs {expected}",
+            blocks.len(),
+            t.shape
+        )));
+    }
+    match gguf::q8::first_non_finite_scale(&blocks) {
+        Some(block) => Err(error(format!(
+            "block {block} (values {} to {}) has no finite f16 scale (store the table as F32)",
+            block * gguf::q8::BLOCK,
+            (block + 1) * gguf::q8::BLOCK - 1
+        ))),
+        None => Ok(blocks),
+    }
 }
 
 /// Little-endian BF16 bytes; the values must be BF16 values already (an import keeps them).
@@ -703,6 +784,104 @@ mod tests {
         let mut t = good.clone();
         t.get_mut("blk.0.ffn_mhc").unwrap().values[0] = 1e30;
         assert!(export(dir.path(), &config, &t).is_ok());
+    }
+
+    /// The raw bytes of tensor `name` in `path`.
+    fn tensor_bytes(path: &Path, name: &str) -> (GgmlType, Vec<u8>) {
+        let file = gguf::GgufFile::open(path).unwrap();
+        let t = file.tensor(name).unwrap();
+        (t.info.ggml_type(), t.data.to_vec())
+    }
+
+    #[test]
+    fn q8_0_tables_are_quantized_with_llama_cpps_rule_or_kept_as_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        for tied in [true, false] {
+            let config = config(1, tied);
+            let tensors = checkpoint(&config);
+            let json = byte_level_json(config.vocab_size);
+            let lookup = |name: &str| tensors.get(name).cloned();
+            let input = ExportInput {
+                config: &config,
+                name: "unit",
+                tokenizer_json: &json,
+                embedding: EmbeddingType::Q8_0,
+                tensors: &lookup,
+                ternary: None,
+                chat: None,
+            };
+            let gguf = dir.path().join("q.gguf");
+            write_model(&gguf, None, &input).unwrap();
+            let (ggml_type, bytes) = tensor_bytes(&gguf, EMBEDDING);
+            assert_eq!(ggml_type, GgmlType::Q8_0);
+            let mut expected = Vec::new();
+            gguf::q8::quantize_into(&tensors[EMBEDDING].values, &mut expected);
+            assert_eq!(bytes, expected);
+            let (model, _) = Model::load(&gguf, None).unwrap();
+            let crate::model::Embedding::Q8_0(table) = &model.embedding else {
+                panic!("a Q8_0 embedding")
+            };
+            let mut row = vec![0.0; config.dim];
+            table.row_into(7, &mut row);
+            let mut values = Vec::new();
+            gguf::q8::dequantize_into(&expected, &mut values);
+            assert_eq!(row, values[7 * config.dim..8 * config.dim]);
+            // Blocks already Q8_0 are kept even where the rule would write others (a block
+            // whose largest code is 100, not 127).
+            let mut stored = expected.clone();
+            stored[2..34].fill(100);
+            let keep = |name: &str| (name == EMBEDDING).then(|| stored.clone());
+            write_model_keeping_q8_0(&gguf, None, &input, &keep).unwrap();
+            assert_eq!(tensor_bytes(&gguf, EMBEDDING).1, stored);
+            // Stored blocks are checked as the loader checks them.
+            let short = |name: &str| (name == EMBEDDING).then(|| stored[1..].to_vec());
+            let e = write_model_keeping_q8_0(&gguf, None, &input, &short).unwrap_err();
+            assert!(e.to_string().contains("bytes of Q8_0 blocks"), "{e}");
+            let mut nan = stored.clone();
+            nan[34..36].copy_from_slice(&0x7e00u16.to_le_bytes());
+            let nan = |name: &str| (name == EMBEDDING).then(|| nan.clone());
+            let e = write_model_keeping_q8_0(&gguf, None, &input, &nan).unwrap_err();
+            assert!(e.to_string().contains("block 1 (values 32 to 63)"), "{e}");
+        }
+    }
+
+    #[test]
+    fn q8_0_refuses_rows_of_partial_blocks_and_values_beyond_f16_scales() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ModelConfig {
+            dim: 80,
+            n_heads: 2,
+            n_kv_heads: 1,
+            ..config(1, true)
+        };
+        let tensors = checkpoint(&config);
+        let json = byte_level_json(config.vocab_size);
+        let lookup = |name: &str| tensors.get(name).cloned();
+        let mut input = ExportInput {
+            config: &config,
+            name: "unit",
+            tokenizer_json: &json,
+            embedding: EmbeddingType::Q8_0,
+            tensors: &lookup,
+            ternary: None,
+            chat: None,
+        };
+        let gguf = dir.path().join("q.gguf");
+        let e = write_model(&gguf, None, &input).unwrap_err();
+        assert!(e.to_string().contains("dim is 80"), "{e}");
+        let config = self::config(1, true);
+        let mut big = checkpoint(&config);
+        big.get_mut(EMBEDDING).unwrap().values[40] = 1e7;
+        let lookup = |name: &str| big.get(name).cloned();
+        input.config = &config;
+        input.tensors = &lookup;
+        let e = write_model(&gguf, None, &input).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("block 1 (values 32 to 63) has no finite f16 scale"),
+            "{e}"
+        );
+        assert!(files(dir.path()).is_empty());
     }
 
     #[test]

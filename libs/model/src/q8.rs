@@ -3,7 +3,7 @@
 //! token up dequantizes its row (exact in f32); the head's logits are dot products of each row
 //! with the unquantized f32 hidden vector.
 //!
-//! Layout: the file's bytes, 34 per 32 values, regrouped in tiles of [`TILE`] = 4 rows so that
+//! Layout: the file's bytes, 34 per 32 values, regrouped in tiles of 4 rows (`TILE`) so that
 //! the head, which takes four rows at a time, reads memory in one sequential stream (four rows
 //! side by side in the file's order made four short streams, which the hardware prefetchers
 //! follow badly: 2B4T's head ran at half the speed). In tile `t` (rows `4t .. 4t + 4`, the last

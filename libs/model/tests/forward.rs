@@ -24,6 +24,12 @@ fn load(dir: &Path, config: &ModelConfig, seed: u64) -> Model {
     Model::load(&gguf, mhc.as_deref()).unwrap().0
 }
 
+/// [`load`] with the embedding stored as `embedding`.
+fn load_with(dir: &Path, config: &ModelConfig, seed: u64, embedding: EmbeddingType) -> Model {
+    let (gguf, mhc) = write_random_model_with(dir, "m", config, seed, embedding).unwrap();
+    Model::load(&gguf, mhc.as_deref()).unwrap().0
+}
+
 fn tokens(len: usize, seed: u32, vocab: usize) -> Vec<u32> {
     (0..len as u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) ^ seed.wrapping_mul(40_503)) % vocab as u32)
@@ -105,10 +111,15 @@ fn kv_cache_decode_matches_full_recomputation() {
 
 #[test]
 fn batched_decode_of_four_sequences_equals_separate_decodes() {
-    for streams in [2, 4] {
+    // A ternary head, and a tied Q8_0 one (read for two sequences at once when batched).
+    for (streams, tied, embedding) in [
+        (2, false, EmbeddingType::F16),
+        (4, false, EmbeddingType::F16),
+        (2, true, EmbeddingType::Q8_0),
+    ] {
         let dir = tempfile::tempdir().unwrap();
-        let config = tiny(streams, false);
-        let m = load(dir.path(), &config, 5);
+        let config = tiny(streams, tied);
+        let m = load_with(dir.path(), &config, 5, embedding);
         // Four sequences of different lengths and contents.
         let seqs: Vec<Vec<u32>> = (0..4)
             .map(|s| tokens(12 + 5 * s, 100 + s as u32, config.vocab_size))
@@ -154,7 +165,10 @@ fn batched_decode_of_four_sequences_equals_separate_decodes() {
         }
         for (i, (a, b)) in separate.iter().zip(&together).enumerate() {
             let diff = max_abs_diff(a, b);
-            assert!(diff <= 1e-4, "N={streams} sequence {i}: max |Δ| {diff}");
+            assert!(
+                diff <= 1e-4,
+                "N={streams} {embedding:?} sequence {i}: max |Δ| {diff}"
+            );
         }
     }
 }
@@ -163,9 +177,15 @@ fn batched_decode_of_four_sequences_equals_separate_decodes() {
 /// a 2- and a 3-thread pool, and must give the same bits as one thread.
 #[test]
 fn a_batch_gives_the_same_bits_on_any_number_of_threads() {
+    for (tied, embedding) in [(false, EmbeddingType::F16), (true, EmbeddingType::Q8_0)] {
+        a_batch_on_any_number_of_threads(tied, embedding);
+    }
+}
+
+fn a_batch_on_any_number_of_threads(tied: bool, embedding: EmbeddingType) {
     let dir = tempfile::tempdir().unwrap();
-    let config = tiny(4, false);
-    let m = load(dir.path(), &config, 21);
+    let config = tiny(4, tied);
+    let m = load_with(dir.path(), &config, 21, embedding);
     let seqs: Vec<Vec<u32>> = (0..8)
         .map(|s| tokens(8 + s, 300 + s as u32, config.vocab_size))
         .collect();
@@ -199,7 +219,10 @@ fn a_batch_gives_the_same_bits_on_any_number_of_threads() {
     let one = run(1);
     assert!(one.iter().all(|v| v.is_finite()));
     for threads in [2, 3] {
-        assert!(run(threads) == one, "{threads} threads differ from one");
+        assert!(
+            run(threads) == one,
+            "{embedding:?}: {threads} threads differ from one"
+        );
     }
 }
 
