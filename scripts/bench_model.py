@@ -2,11 +2,14 @@
 """Random-weight ternary Llama GGUF files for speed comparisons with llama.cpp.
 
     .venv/bin/python scripts/bench_model.py --shape 2b4t --type TQ2_0 --out FILE [--seed N]
+        [--scales per-block|per-tensor] [--tables F16|Q8_0]
 
 Writes a llama-architecture GGUF whose weight matrices are llama.cpp TQ2_0 or TQ1_0
 blocks of random trits (each uniform over {-1, 0, +1}, so about 1/3 zeros) with a
 random f16 scale per 256-value block, F32 RMSNorm weights (ones plus small noise) and
-an F16 token embedding (and F16 output head where the shape has one). The bytes are
+an F16 token embedding (and F16 output head where the shape has one); with --tables
+Q8_0 the embedding and head are those f16 values quantized to Q8_0 by gguf.quants
+(llama.cpp's rule), as llama.cpp users' files often have them. The bytes are
 packed directly with numpy following the block layouts of gguf.quants.TQ2_0/TQ1_0
 (no float quantizer involved), and streamed to disk tensor by tensor (the embedding in
 row chunks), so memory stays bounded. The weights mean nothing: the files exist to
@@ -153,7 +156,7 @@ class Streamed:
             raise AssertionError(f"wrote {written} bytes, announced {self.nbytes}")
 
 
-def plan(shape: dict, qtype: QT, seed: int, per_tensor: bool = False):
+def plan(shape: dict, qtype: QT, seed: int, per_tensor: bool = False, tables: str = "F16"):
     """(name, numpy-order shape, dtype, raw_dtype, nbytes, chunk generator) per tensor."""
     dim, ffn, vocab = shape["dim"], shape["ffn"], shape["vocab"]
     head_dim = dim // shape["n_heads"]
@@ -169,12 +172,22 @@ def plan(shape: dict, qtype: QT, seed: int, per_tensor: bool = False):
     def table(name, rows, cols, std, chunk_rows=4096):
         rng = rng_for()
 
+        def values(n):
+            return (rng.standard_normal((n, cols), dtype=np.float32) * std).astype(np.float16)
+
         def chunks():
             for r0 in range(0, rows, chunk_rows):
                 n = min(chunk_rows, rows - r0)
-                yield (rng.standard_normal((n, cols), dtype=np.float32) * std).astype(np.float16)
+                if tables == "Q8_0":
+                    yield gguf.quants.quantize(values(n).astype(np.float32), QT.Q8_0)
+                else:
+                    yield values(n)
 
-        out.append((name, (rows, cols), np.float16, None, rows * cols * 2, chunks))
+        if tables == "Q8_0":
+            row_bytes = cols // 32 * 34
+            out.append((name, (rows, row_bytes), np.uint8, QT.Q8_0, rows * row_bytes, chunks))
+        else:
+            out.append((name, (rows, cols), np.float16, None, rows * cols * 2, chunks))
 
     def norm(name, n):
         rng = rng_for()
@@ -261,6 +274,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scales", choices=["per-block", "per-tensor"], default="per-block",
                     help="a random scale per 256-weight block, or one per matrix in every block")
+    ap.add_argument("--tables", choices=["F16", "Q8_0"], default="F16",
+                    help="the type of the token embedding and output head")
     ap.add_argument("--n-layers", type=int, default=None,
                     help="override the shape's layer count (e.g. for a quick load test)")
     args = ap.parse_args()
@@ -272,10 +287,15 @@ def main() -> int:
     self_check(qtype)
 
     t0 = time.perf_counter()
-    tensors = plan(shape, qtype, args.seed, args.scales == "per-tensor")
+    tensors = plan(shape, qtype, args.seed, args.scales == "per-tensor", args.tables)
     n_params = 0
     for name, np_shape, dtype, raw, nbytes, _ in tensors:
-        n_params += (np_shape[0] * np_shape[1] // BLOCK_BYTES[raw] * QK) if raw else int(np.prod(np_shape))
+        if raw == QT.Q8_0:
+            n_params += np_shape[0] * np_shape[1] // 34 * 32
+        elif raw:
+            n_params += np_shape[0] * np_shape[1] // BLOCK_BYTES[raw] * QK
+        else:
+            n_params += int(np.prod(np_shape))
 
     w = gguf.GGUFWriter(args.out, "llama")
     w.add_name(shape["name"])
@@ -315,7 +335,7 @@ def main() -> int:
     elapsed = time.perf_counter() - t0
 
     size = args.out.stat().st_size
-    print(f"wrote {args.out}: {args.shape} {args.type}, {len(tensors)} tensors, "
+    print(f"wrote {args.out}: {args.shape} {args.type} ({args.tables} tables), {len(tensors)} tensors, "
           f"{n_params / 1e9:.3f} B parameters, {size} bytes ({size / 2**20:.1f} MiB) "
           f"in {elapsed:.1f} s")
     return 0
