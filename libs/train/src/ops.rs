@@ -32,11 +32,8 @@ pub fn int8_act_ste(x: &Tensor) -> Result<Tensor> {
 /// through both); without, a plain full-precision linear layer (the ablation).
 pub fn bitlinear(x: &Tensor, w: &Tensor, quantize: bool) -> Result<Tensor> {
     if x.device().is_cpu() {
-        let op = fused::BitLinear {
-            quantize_weights: quantize,
-            quantize_activations: quantize,
-        };
-        x.contiguous()?.apply_op2(&w.contiguous()?, op)
+        x.contiguous()?
+            .apply_op2(&w.contiguous()?, fused::BitLinear::new(quantize))
     } else if quantize {
         int8_act_ste(x)?.matmul(&ternary_ste(w)?.t()?)
     } else {
