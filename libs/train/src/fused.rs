@@ -19,7 +19,11 @@ use crate::ops::IGNORED_TARGET;
 const REDUCE_ROWS: usize = 64;
 
 /// The elements of a contiguous input of a custom op.
-fn input<'a, T: WithDType>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [T]> {
+pub(crate) fn input<'a, T: WithDType>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    op: &str,
+) -> Result<&'a [T]> {
     let Some((start, end)) = layout.contiguous_offsets() else {
         bail!("{op}: the input must be contiguous");
     };
@@ -53,7 +57,7 @@ fn sum_partials(partials: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
 }
 
 /// `Σ a·b` with eight independent partial sums (vectorizes; a fixed order, so deterministic).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let tail: f32 = ca
@@ -467,6 +471,20 @@ impl CustomOp1 for CausalSoftmax {
     }
 }
 
+/// Rotate-half RoPE of one head's vector `x` (`D` values) at a position with tables `cos`, `sin`
+/// (`D/2` values): `(x_i, x_{i+D/2}) → (x_i c − x_{i+D/2} s, x_i s + x_{i+D/2} c)` with
+/// `s = sign · sin` (`sign` −1: the inverse rotation, RoPE's backward).
+pub(crate) fn rope_row(x: &[f32], out: &mut [f32], cos: &[f32], sin: &[f32], sign: f32) {
+    let half = cos.len();
+    let (lo, hi) = x.split_at(half);
+    let (o_lo, o_hi) = out.split_at_mut(half);
+    for i in 0..half {
+        let s = sign * sin[i];
+        o_lo[i] = lo[i] * cos[i] - hi[i] * s;
+        o_hi[i] = lo[i] * s + hi[i] * cos[i];
+    }
+}
+
 /// Rotate-half RoPE of `x` `[B, H, T, D]` with tables `cos`, `sin` `[T, D/2]` (`inverse`
 /// rotates by −θ: the backward of the forward rotation).
 pub(crate) struct Rope {
@@ -502,14 +520,13 @@ impl CustomOp3 for Rope {
             .enumerate()
             .for_each(|(row, (o, x))| {
                 let pos = row % t;
-                let (c, s) = (&cos[pos * half..][..half], &sin[pos * half..][..half]);
-                let (lo, hi) = x.split_at(half);
-                let (o_lo, o_hi) = o.split_at_mut(half);
-                for i in 0..half {
-                    let s = sign * s[i];
-                    o_lo[i] = lo[i] * c[i] - hi[i] * s;
-                    o_hi[i] = lo[i] * s + hi[i] * c[i];
-                }
+                rope_row(
+                    x,
+                    o,
+                    &cos[pos * half..][..half],
+                    &sin[pos * half..][..half],
+                    sign,
+                );
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }

@@ -11,9 +11,11 @@
 //!
 //! No printing, no exiting: `tools/train` is the command-line face.
 
+mod attention;
 pub mod checkpoint;
 pub mod data;
 mod fused;
+mod matmul;
 pub mod model;
 pub mod ops;
 pub mod optim;

@@ -203,13 +203,20 @@ impl TrainModel {
     fn trunk(&self, tokens: &Tensor) -> Result<Tensor> {
         let cfg = &self.config;
         let (b, t) = tokens.dims2()?;
-        let (c, kv, d) = (cfg.dim, cfg.kv_dim(), cfg.head_dim());
+        let (c, d) = (cfg.dim, cfg.head_dim());
         let (h, h_kv) = (cfg.n_heads, cfg.n_kv_heads);
         let rows = b * t;
         let x = self
             .get("token_embd.weight")
             .index_select(&tokens.flatten_all()?, 0)?;
         let (cos, sin) = ops::rope_tables(t, d, cfg.rope_theta, tokens.device())?;
+        let shape = ops::AttentionShape {
+            batch: b,
+            time: t,
+            heads: h,
+            kv_heads: h_kv,
+            head_dim: d,
+        };
         let n = cfg.mhc_streams;
         // [N, n, C] streams, or the residual [N, C] itself.
         let mut streams = if n > 1 {
@@ -230,17 +237,7 @@ impl TrainModel {
                     &name("attn_v.weight"),
                 ],
             )?;
-            let heads = |x: Tensor, count: usize| -> Result<Tensor> {
-                x.reshape((b, t, count, d))?.transpose(1, 2)?.contiguous()
-            };
-            let q = heads(qkv.narrow(1, 0, c)?, h)?;
-            let k = heads(qkv.narrow(1, c, kv)?, h_kv)?;
-            let v = heads(qkv.narrow(1, c + kv, kv)?, h_kv)?;
-            let q = ops::rope(&q, &cos, &sin)?;
-            let k = ops::rope(&k, &cos, &sin)?;
-            let attn = ops::causal_attention(&q, &k, &v)?
-                .transpose(1, 2)?
-                .reshape((rows, c))?;
+            let attn = ops::attention(&qkv, &cos, &sin, shape)?;
             let out = self.bitlinear(&attn, &[&name("attn_output.weight")])?;
             streams = residual_update(&streams, mix, &out)?;
 

@@ -116,6 +116,71 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     probs.matmul(v)?.reshape((b, h, t, d))
 }
 
+/// The shape of one attention call: batch, time, query heads, key/value heads, head dim.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttentionShape {
+    pub batch: usize,
+    pub time: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// Causal self-attention from the stacked projection `qkv` `[B·T, C + 2·KV]` (q of every head,
+/// then k, then v, heads in order): RoPE on q and k with tables `[T, D/2]`, then
+/// [`causal_attention`]; returns `[B·T, C]`, row `b·T + t` holding head h's output at columns
+/// `h·D..(h+1)·D`. One fused node on the CPU (attention.rs), [`attention_composed`] elsewhere:
+/// the same values, bit for bit (tested).
+pub fn attention(
+    qkv: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    shape: AttentionShape,
+) -> Result<Tensor> {
+    if qkv.device().is_cpu() {
+        let AttentionShape {
+            batch,
+            time,
+            heads,
+            kv_heads,
+            head_dim,
+        } = shape;
+        let op = crate::attention::Attention::new(batch, time, heads, kv_heads, head_dim);
+        qkv.contiguous()?
+            .apply_op3(&cos.contiguous()?, &sin.contiguous()?, op)
+    } else {
+        attention_composed(qkv, cos, sin, shape)
+    }
+}
+
+/// [`attention`] composed of candle ops and this module's RoPE and attention.
+pub fn attention_composed(
+    qkv: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    shape: AttentionShape,
+) -> Result<Tensor> {
+    let AttentionShape {
+        batch: b,
+        time: t,
+        heads: h,
+        kv_heads: h_kv,
+        head_dim: d,
+    } = shape;
+    let (c, kv) = (h * d, h_kv * d);
+    let heads = |x: Tensor, count: usize| -> Result<Tensor> {
+        x.reshape((b, t, count, d))?.transpose(1, 2)?.contiguous()
+    };
+    let q = heads(qkv.narrow(1, 0, c)?, h)?;
+    let k = heads(qkv.narrow(1, c, kv)?, h_kv)?;
+    let v = heads(qkv.narrow(1, c + kv, kv)?, h_kv)?;
+    let q = rope(&q, cos, sin)?;
+    let k = rope(&k, cos, sin)?;
+    causal_attention(&q, &k, &v)?
+        .transpose(1, 2)?
+        .reshape((b * t, c))
+}
+
 /// mHC `prepare_input`: `u[b, j] = Σ_s h_pre[s] · x[b, s, j]` for streams `x` `[N, n, C]` and
 /// `h_pre` `[n]`; returns `[N, C]` (libs/mhc `Mixing::prepare_input`).
 pub fn mhc_prepare(x: &Tensor, h_pre: &Tensor) -> Result<Tensor> {
@@ -505,6 +570,66 @@ mod tests {
             .unwrap();
         assert!(cross_entropy(&logits, &none).is_err());
         assert!(reference::cross_entropy(&logits, &none).is_err());
+    }
+
+    /// The fused attention node against its composition from candle ops: the same values and
+    /// q|k|v gradients, bit for bit (zeros of either sign equal) where the products are larger
+    /// than gemm's 16 × 16 kernel, within rounding below.
+    #[test]
+    fn fused_attention_is_the_composed_graph_bit_for_bit() {
+        let dev = Device::Cpu;
+        for (batch, time, heads, kv_heads, head_dim, exact) in [
+            (2, 128, 4, 2, 64, true),
+            (1, 100, 4, 1, 32, true),
+            (2, 70, 2, 2, 16, true),
+            (1, 7, 4, 2, 8, false),
+        ] {
+            let shape = AttentionShape {
+                batch,
+                time,
+                heads,
+                kv_heads,
+                head_dim,
+            };
+            let width = (heads + 2 * kv_heads) * head_dim;
+            let n = batch * time * width;
+            let values: Vec<f32> = ternary::synthetic::uniform_values(n, time as u64)
+                .iter()
+                .map(|v| v * 3.0)
+                .collect();
+            let qkv = Var::from_vec(values, (batch * time, width), &dev).unwrap();
+            let (cos, sin) = rope_tables(time, head_dim, 10_000.0, &dev).unwrap();
+            let out_len = batch * time * heads * head_dim;
+            let r = Tensor::from_vec(
+                ternary::synthetic::uniform_values(out_len, 5),
+                (batch * time, heads * head_dim),
+                &dev,
+            )
+            .unwrap();
+            let run = |fused: bool| {
+                let out = if fused {
+                    attention(qkv.as_tensor(), &cos, &sin, shape)
+                } else {
+                    attention_composed(qkv.as_tensor(), &cos, &sin, shape)
+                }
+                .unwrap();
+                let grads = (&out * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                let g = to_f32_vec(grads.get(qkv.as_tensor()).unwrap()).unwrap();
+                (to_f32_vec(&out).unwrap(), g)
+            };
+            let (out, grad) = run(true);
+            let (want_out, want_grad) = run(false);
+            let name = format!("{shape:?}");
+            if exact {
+                for (what, a, b) in [("value", &out, &want_out), ("gradient", &grad, &want_grad)] {
+                    let differ = a.iter().zip(b.iter()).filter(|(x, y)| x != y).count();
+                    assert_eq!(differ, 0, "{name}: {differ} {what}s differ");
+                }
+            } else {
+                close_rel(&name, &out, &want_out, 1e-5);
+                close_rel(&name, &grad, &want_grad, 1e-5);
+            }
+        }
     }
 
     #[test]
