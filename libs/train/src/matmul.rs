@@ -45,6 +45,30 @@ impl<'a> View<'a> {
         Self::new(data, rows, cols, rs, 1)
     }
 
+    /// Rows `[r0, r1)` (no copy).
+    pub(crate) fn sub_rows(self, r0: usize, r1: usize) -> Self {
+        assert!(
+            r0 <= r1 && r1 <= self.rows,
+            "rows {r0}..{r1} of {}",
+            self.rows
+        );
+        if r0 == r1 {
+            return View { rows: 0, ..self };
+        }
+        View::new(
+            &self.data[r0 * self.rs..],
+            r1 - r0,
+            self.cols,
+            self.rs,
+            self.cs,
+        )
+    }
+
+    /// Columns `[c0, c1)` (no copy).
+    pub(crate) fn sub_cols(self, c0: usize, c1: usize) -> Self {
+        self.t().sub_rows(c0, c1).t()
+    }
+
     /// The transpose (no copy).
     pub(crate) fn t(self) -> Self {
         View {

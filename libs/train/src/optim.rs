@@ -18,6 +18,8 @@ use candle_core::{DType, Tensor, Var};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::matmul::{matmul, View};
+
 /// Which optimizer updates a parameter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ParamGroup {
@@ -404,46 +406,90 @@ fn muon_update(
     })?;
     let inv_norm = (1.0 / (norm_sq.sqrt() + 1e-7)) as f32;
     u.iter_mut().for_each(|x| *x *= inv_norm);
-    let x = newton_schulz(&Tensor::from_vec(u, (rows, cols), p.var.device())?)?;
+    let o = newton_schulz(u, rows, cols);
     let lr = cfg.muon_lr * lr_factor;
     let decay = (1.0 - lr * cfg.muon_weight_decay) as f32;
     let step = (lr * (rows as f64 / cols as f64).max(1.0).sqrt()) as f32;
     let values = with_f32(p.var.as_tensor(), |theta| {
-        with_f32(&x, |o| {
-            theta
-                .iter()
-                .zip(o)
-                .map(|(&t, &o)| t * decay - step * o)
-                .collect::<Vec<f32>>()
-        })
-    })??;
+        theta
+            .iter()
+            .zip(&o)
+            .map(|(&t, &o)| t * decay - step * o)
+            .collect::<Vec<f32>>()
+    })?;
     set_values(&p.var, values)
 }
 
-/// Five quintic Newton–Schulz steps towards the orthogonal polar factor of `x` (Frobenius norm
-/// at most 1): A = X Xᵀ, B = b·A + c·A², X ← a·X + B·X. A tall `x` (rows > cols) is worked on as
-/// its transpose — written here as A = XᵀX, X ← a·X + X·B, which is the same iteration without
-/// materialising the transposes — so the Gram matrix is always the smaller side.
-fn newton_schulz(x: &Tensor) -> candle_core::Result<Tensor> {
-    let (a, b, c) = NS_COEFFS;
-    let (rows, cols) = x.dims2()?;
+/// Five quintic Newton–Schulz steps towards the orthogonal polar factor of `x` (`rows × cols`,
+/// row-major, Frobenius norm at most 1): A = X Xᵀ, B = b·A + c·A², X ← a·X + B·X. A tall `x`
+/// (rows > cols) is worked on as its transpose — written here as A = XᵀX, X ← a·X + X·B, which is
+/// the same iteration without materialising the transposes — so the Gram matrix is always the
+/// smaller side.
+///
+/// The arithmetic of the candle ops it replaced, bit for bit (tested against them): the same gemm
+/// products (crate::matmul), `b·A` and `c·A²` each as candle's `affine(m, 0)` computes it
+/// (`v·m + 0`), then added, and `a·X + 0` added to the product. A and A² are symmetric exactly
+/// (each entry and its mirror are the same products summed in the same order), so only the
+/// panels on and above the diagonal are multiplied and the rest is copied across: about 70 % of
+/// their work.
+fn newton_schulz(x: Vec<f32>, rows: usize, cols: usize) -> Vec<f32> {
+    let (a, b, c) = (NS_COEFFS.0 as f32, NS_COEFFS.1 as f32, NS_COEFFS.2 as f32);
     let tall = rows > cols;
-    let mut x = x.clone();
+    let s = rows.min(cols);
+    let mut x = x;
+    let mut next = vec![0.0f32; rows * cols];
+    let mut gram = vec![0.0f32; s * s];
+    let mut poly = vec![0.0f32; s * s];
     for _ in 0..NS_STEPS {
-        let gram = if tall {
-            x.t()?.matmul(&x)?
+        let xv = View::rows(&x, rows, cols, cols);
+        // The smaller side's Gram matrix: X Xᵀ, or XᵀX for a tall X.
+        let side = if tall { xv.t() } else { xv };
+        symmetric_product(&mut gram, s, side, side.t());
+        let g = View::rows(&gram, s, s, s);
+        symmetric_product(&mut poly, s, g, g);
+        for (p, &g) in poly.iter_mut().zip(&gram) {
+            *p = (*p * c + 0.0) + (g * b + 0.0);
+        }
+        let pv = View::rows(&poly, s, s, s);
+        if tall {
+            matmul(&mut next, cols, xv, pv, false, true);
         } else {
-            x.matmul(&x.t()?)?
-        };
-        let poly = (gram.matmul(&gram)?.affine(c, 0.0)? + gram.affine(b, 0.0)?)?;
-        let mixed = if tall {
-            x.matmul(&poly)?
-        } else {
-            poly.matmul(&x)?
-        };
-        x = (mixed + x.affine(a, 0.0)?)?;
+            matmul(&mut next, cols, pv, xv, false, true);
+        }
+        for (n, &v) in next.iter_mut().zip(&x) {
+            *n += v * a + 0.0;
+        }
+        std::mem::swap(&mut x, &mut next);
     }
-    Ok(x)
+    x
+}
+
+/// Rows per panel of [`symmetric_product`]; the last panel is this and the rest (64 to 191
+/// rows), so no panel takes gemm's small-product path, whose depth blocks differ.
+const PANEL: usize = 64;
+
+/// `out` (`s × s`) = `l · r` for a product known to be symmetric: the panels of rows
+/// `[i0, i1)` against the columns from `i0` on, then each entry below the diagonal copied from
+/// its mirror.
+fn symmetric_product(out: &mut [f32], s: usize, l: View, r: View) {
+    let mut i0 = 0;
+    while i0 < s {
+        let i1 = if s - i0 < 3 * PANEL { s } else { i0 + PANEL };
+        matmul(
+            &mut out[i0 * s + i0..],
+            s,
+            l.sub_rows(i0, i1),
+            r.sub_cols(i0, s),
+            false,
+            true,
+        );
+        i0 = i1;
+    }
+    for i in 1..s {
+        for j in 0..i {
+            out[i * s + j] = out[j * s + i];
+        }
+    }
 }
 
 #[cfg(test)]
@@ -522,11 +568,62 @@ mod tests {
         assert_eq!(default_group("output.weight", &[256, 64]), ParamGroup::Lion);
     }
 
+    /// Newton–Schulz as it was written with candle ops: the definition the direct version keeps.
+    fn newton_schulz_composed(x: &Tensor) -> Tensor {
+        let (a, b, c) = NS_COEFFS;
+        let (rows, cols) = x.dims2().unwrap();
+        let tall = rows > cols;
+        let mut x = x.clone();
+        for _ in 0..NS_STEPS {
+            let gram = if tall {
+                x.t().unwrap().matmul(&x).unwrap()
+            } else {
+                x.matmul(&x.t().unwrap()).unwrap()
+            };
+            let poly = (gram.matmul(&gram).unwrap().affine(c, 0.0).unwrap()
+                + gram.affine(b, 0.0).unwrap())
+            .unwrap();
+            let mixed = if tall {
+                x.matmul(&poly).unwrap()
+            } else {
+                poly.matmul(&x).unwrap()
+            };
+            x = (mixed + x.affine(a, 0.0).unwrap()).unwrap();
+        }
+        x
+    }
+
+    #[test]
+    fn newton_schulz_is_the_composed_one_bit_for_bit() {
+        // The shapes of the tiny model's hidden matrices (wide, tall, square) and small ones.
+        for dims in [
+            (512, 256),
+            (256, 256),
+            (1536, 256),
+            (256, 768),
+            (24, 16),
+            (16, 40),
+        ] {
+            let g = Tensor::from_vec(values(5, dims.0 * dims.1), dims, &Device::Cpu).unwrap();
+            let x = normalised(&g);
+            let want = flat(&newton_schulz_composed(&x));
+            let got = newton_schulz(flat(&x), dims.0, dims.1);
+            let differ = got.iter().zip(&want).filter(|(a, b)| a != b).count();
+            assert_eq!(
+                differ,
+                0,
+                "{dims:?}: {differ} of {} values differ",
+                got.len()
+            );
+        }
+    }
+
     #[test]
     fn newton_schulz_gives_singular_values_near_one() {
         for dims in [(32, 64), (64, 32)] {
             let g = Tensor::from_vec(values(3, dims.0 * dims.1), dims, &Device::Cpu).unwrap();
-            let x = newton_schulz(&normalised(&g)).unwrap();
+            let x = newton_schulz(flat(&normalised(&g)), dims.0, dims.1);
+            let x = Tensor::from_vec(x, dims, &Device::Cpu).unwrap();
             // The Gram matrix on the smaller side: its diagonal holds Σ σ² shares near 1.
             let gram = if dims.0 <= dims.1 {
                 x.matmul(&x.t().unwrap()).unwrap()
