@@ -35,7 +35,7 @@ pub(crate) struct Attention {
 
 /// RoPE'd queries `[B, Hkv, G·T, D]` and keys `[B, Hkv, T, D]`, and the probabilities
 /// `[B, Hkv, G·T, T]` (exact zeros where masked).
-struct Saved {
+pub(crate) struct Saved {
     q: Vec<f32>,
     k: Vec<f32>,
     probs: Vec<f32>,
@@ -64,6 +64,14 @@ impl Attention {
             head_dim,
             saved: std::sync::Mutex::new(None),
         }
+    }
+
+    pub(crate) fn time(&self) -> usize {
+        self.time
+    }
+
+    pub(crate) fn head_dim(&self) -> usize {
+        self.head_dim
     }
 
     fn group(&self) -> usize {
@@ -116,24 +124,24 @@ impl Attention {
         }
     }
 
-    fn check(&self, qkv: &Layout, cos: &Layout, sin: &Layout) -> Result<()> {
-        let (rows, width) = qkv.shape().dims2()?;
+    /// Refuses a q|k|v `[rows, width]` or tables (`[T, D/2]` each) that do not fit the shape.
+    pub(crate) fn check(
+        &self,
+        qkv: (usize, usize),
+        cos: (usize, usize),
+        sin: (usize, usize),
+    ) -> Result<()> {
         let (t, d) = (self.time, self.head_dim);
         if self.kv_heads == 0
             || self.heads % self.kv_heads != 0
             || d % 2 != 0
-            || rows != self.batch * t
-            || width != self.width()
-            || cos.shape().dims2()? != (t, d / 2)
-            || sin.shape().dims2()? != (t, d / 2)
+            || qkv != (self.batch * t, self.width())
+            || cos != (t, d / 2)
+            || sin != (t, d / 2)
         {
             bail!(
-                "attention: q|k|v {:?}, tables {:?} {:?} do not fit {} x {} positions, {} heads, {} kv heads of {d}",
-                qkv.dims(),
-                cos.dims(),
-                sin.dims(),
+                "attention: q|k|v {qkv:?}, tables {cos:?} {sin:?} do not fit {} x {t} positions, {} heads, {} kv heads of {d}",
                 self.batch,
-                t,
                 self.heads,
                 self.kv_heads
             );
@@ -172,10 +180,65 @@ impl CustomOp3 for Attention {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        self.check(l1, l2, l3)?;
+        self.check(
+            l1.shape().dims2()?,
+            l2.shape().dims2()?,
+            l3.shape().dims2()?,
+        )?;
         let qkv = input::<f32>(s1, l1, "attention")?;
         let cos = input::<f32>(s2, l2, "attention")?;
         let sin = input::<f32>(s3, l3, "attention")?;
+        let (out, saved) = self.forward(qkv, cos, sin);
+        *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(saved);
+        let rows = self.batch * self.time;
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from((rows, self.heads * self.head_dim)),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        qkv: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let saved = self.saved.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let saved = match saved {
+            Some(s) => s,
+            // A second backward through the same graph: run the forward again for its values.
+            None => {
+                qkv.contiguous()?.apply_op3_no_bwd(cos, sin, self)?;
+                self.saved
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take()
+                    .expect("the forward keeps its values")
+            }
+        };
+        let dqkv = with_slice(qkv, |qkv: &[f32]| {
+            with_slice(cos, |cos: &[f32]| {
+                with_slice(sin, |sin: &[f32]| {
+                    with_slice(grad, |grad: &[f32]| {
+                        self.backward(qkv, cos, sin, grad, &saved)
+                    })
+                })
+            })
+        })?????;
+        Ok((
+            Some(Tensor::from_vec(dqkv, qkv.shape(), qkv.device())?),
+            None,
+            None,
+        ))
+    }
+}
+
+impl Attention {
+    /// The output `[B·T, C]` of q|k|v `[B·T, C + 2·KV]` (checked by the caller) with RoPE tables
+    /// `[T, D/2]`, and what the backward needs.
+    pub(crate) fn forward(&self, qkv: &[f32], cos: &[f32], sin: &[f32]) -> (Vec<f32>, Saved) {
         let (t, d, g, w) = (self.time, self.head_dim, self.group(), self.width());
         let pairs = self.batch * self.kv_heads;
         let scale = 1.0 / (d as f32).sqrt();
@@ -236,51 +299,11 @@ impl CustomOp3 for Attention {
                 out.copy_from_slice(&o[((p * g + h % g) * t + pos) * d..][..d]);
             }
         });
-        *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(Saved { q, k, probs });
-        Ok((CpuStorage::F32(out), Shape::from((self.batch * t, c))))
+        (out, Saved { q, k, probs })
     }
 
-    fn bwd(
-        &self,
-        qkv: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let saved = self.saved.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let saved = match saved {
-            Some(s) => s,
-            // A second backward through the same graph: run the forward again for its values.
-            None => {
-                qkv.contiguous()?.apply_op3_no_bwd(cos, sin, self)?;
-                self.saved
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .take()
-                    .expect("the forward keeps its values")
-            }
-        };
-        let dqkv = with_slice(qkv, |qkv: &[f32]| {
-            with_slice(cos, |cos: &[f32]| {
-                with_slice(sin, |sin: &[f32]| {
-                    with_slice(grad, |grad: &[f32]| {
-                        self.backward(qkv, cos, sin, grad, &saved)
-                    })
-                })
-            })
-        })?????;
-        Ok((
-            Some(Tensor::from_vec(dqkv, qkv.shape(), qkv.device())?),
-            None,
-            None,
-        ))
-    }
-}
-
-impl Attention {
     /// The gradient of q|k|v, as the composed graph computes it.
-    fn backward(
+    pub(crate) fn backward(
         &self,
         qkv: &[f32],
         cos: &[f32],

@@ -6,13 +6,13 @@
 //! mean loss) sums fixed blocks of rows into partials that are then added in block order, so the
 //! result does not depend on how rayon split the work and a resumed run stays bit-identical.
 
-use candle_core::backend::BackendStorage;
 use candle_core::{
     bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor,
     WithDType,
 };
 use rayon::prelude::*;
 
+use crate::matmul::{matmul, View};
 use crate::ops::IGNORED_TARGET;
 
 /// Rows per block of a deterministic cross-row reduction.
@@ -82,19 +82,123 @@ fn last_dim(layout: &Layout) -> Result<usize> {
 }
 
 /// BitLinear `y = Q_act(x) · Q_w(w)ᵀ` for `x` `[N, K]` and `w` `[M, K]` in one node: the
-/// fake-quantization of both operands (each optional: the full-precision ablation turns them off)
-/// and the matmul. The backward is the straight-through one, `dx = g · Q_w(w)` and
+/// fake-quantization of both operands (skipped by the full-precision ablation) and the matmul,
+/// through [`Linear`]. The backward is the straight-through one, `dx = g · Q_w(w)` and
 /// `dw = gᵀ · Q_act(x)`, each produced by one matmul in its final layout (no transposed
 /// gradient copies, no separate estimator nodes to accumulate through). The quantized operands
 /// of the forward are kept for the backward (computed again only for a second backward).
 pub(crate) struct BitLinear {
-    quantize_weights: bool,
-    quantize_activations: bool,
-    /// `(Q_act(x), Q_w(w))` of the forward, where quantized, taken by the backward.
-    saved: std::sync::Mutex<Option<Saved>>,
+    quantize: bool,
+    saved: std::sync::Mutex<Option<Operands>>,
 }
 
-type Saved = (Option<Vec<f32>>, Option<Vec<f32>>);
+/// One BitLinear product on host slices: `y = Q_act(x) · Q_w(w)ᵀ` for `x` `[n, k]` and `w`
+/// `[m, k]` (with `quantize`; `x · wᵀ` without), and its straight-through backward. The products
+/// are the ones candle's matmul computes for the same operands (crate::matmul), bit for bit.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Linear {
+    pub n: usize,
+    pub k: usize,
+    pub m: usize,
+    pub quantize: bool,
+}
+
+/// The operands a [`Linear`] forward multiplied: quantized copies, or `None` where they are the
+/// inputs themselves (full precision).
+#[derive(Default)]
+pub(crate) struct Operands {
+    x: Option<Vec<f32>>,
+    w: Option<Vec<f32>>,
+}
+
+impl Linear {
+    fn check(&self, x: &[f32], w: &[f32]) -> Result<()> {
+        if x.len() != self.n * self.k || w.len() != self.m * self.k {
+            bail!(
+                "bitlinear: {} inputs and {} weights for [{}, {}] x [{}, {}]ᵀ",
+                x.len(),
+                w.len(),
+                self.n,
+                self.k,
+                self.m,
+                self.k
+            );
+        }
+        Ok(())
+    }
+
+    fn operands(&self, x: &[f32], w: &[f32]) -> Operands {
+        Operands {
+            x: self
+                .quantize
+                .then(|| map_rows(x, self.k, fake_quantize_activation_row)),
+            w: self
+                .quantize
+                .then(|| map_rows(w, self.k, fake_quantize_weight_row)),
+        }
+    }
+
+    /// `y` `[n, m]` and the operands it was multiplied from.
+    pub(crate) fn forward(&self, x: &[f32], w: &[f32]) -> Result<(Vec<f32>, Operands)> {
+        self.check(x, w)?;
+        let (n, k, m) = (self.n, self.k, self.m);
+        let ops = self.operands(x, w);
+        let mut y = vec![0.0f32; n * m];
+        matmul(
+            &mut y,
+            m,
+            View::rows(ops.x.as_deref().unwrap_or(x), n, k, k),
+            View::rows(ops.w.as_deref().unwrap_or(w), m, k, k).t(),
+            false,
+            true,
+        );
+        Ok((y, ops))
+    }
+
+    /// `(dx, dw)` of the output gradient `g` `[n, m]`: `g · Q_w(w)` and `gᵀ · Q_act(x)`, with the
+    /// forward's operands (computed again from `x` and `w` when `None`).
+    pub(crate) fn backward(
+        &self,
+        g: &[f32],
+        x: &[f32],
+        w: &[f32],
+        ops: Option<Operands>,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        let ops = match ops {
+            Some(ops) => ops,
+            None => {
+                self.check(x, w)?;
+                self.operands(x, w)
+            }
+        };
+        self.backward_with(g, x, w, ops)
+    }
+
+    /// [`Self::backward`] with the forward's operands; `x` and `w` are read only where an
+    /// operand is the input itself (full precision), so a caller holding the quantized operands
+    /// may pass empty slices for the inputs.
+    pub(crate) fn backward_with(
+        &self,
+        g: &[f32],
+        x: &[f32],
+        w: &[f32],
+        ops: Operands,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        let (n, k, m) = (self.n, self.k, self.m);
+        let x = ops.x.as_deref().unwrap_or(x);
+        let w = ops.w.as_deref().unwrap_or(w);
+        self.check(x, w)?;
+        if g.len() != n * m {
+            bail!("bitlinear: a gradient of {} values for [{n}, {m}]", g.len());
+        }
+        let gv = View::rows(g, n, m, m);
+        let mut dx = vec![0.0f32; n * k];
+        matmul(&mut dx, k, gv, View::rows(w, m, k, k), false, true);
+        let mut dw = vec![0.0f32; m * k];
+        matmul(&mut dw, k, gv.t(), View::rows(x, n, k, k), false, true);
+        Ok((dx, dw))
+    }
+}
 
 /// The rows of `x` (width `cols`) through `row`, in parallel.
 fn map_rows(x: &[f32], cols: usize, row: fn(&[f32], &mut [f32])) -> Vec<f32> {
@@ -180,41 +284,8 @@ pub(crate) fn fake_quantize_activation_row(x: &[f32], out: &mut [f32]) {
 impl BitLinear {
     pub(crate) fn new(quantize: bool) -> Self {
         BitLinear {
-            quantize_weights: quantize,
-            quantize_activations: quantize,
+            quantize,
             saved: std::sync::Mutex::new(None),
-        }
-    }
-
-    fn weights(&self, w: &[f32], k: usize) -> Option<Vec<f32>> {
-        self.quantize_weights
-            .then(|| map_rows(w, k, fake_quantize_weight_row))
-    }
-
-    fn activations(&self, x: &[f32], k: usize) -> Option<Vec<f32>> {
-        self.quantize_activations
-            .then(|| map_rows(x, k, fake_quantize_activation_row))
-    }
-
-    /// The operand the forward multiplied with: kept from the forward, quantized again, or the
-    /// input itself.
-    fn operand(&self, t: &Tensor, kept: Option<Vec<f32>>, weights: bool) -> Result<Tensor> {
-        let quantized = match kept {
-            Some(values) => Some(values),
-            None => {
-                let k = t.dim(1)?;
-                with_slice(t, |v: &[f32]| {
-                    if weights {
-                        self.weights(v, k)
-                    } else {
-                        self.activations(v, k)
-                    }
-                })?
-            }
-        };
-        match quantized {
-            Some(values) => tensor_like(values, t),
-            None => t.contiguous(),
         }
     }
 }
@@ -238,23 +309,15 @@ impl CustomOp2 for BitLinear {
         if k != k2 {
             bail!("bitlinear: x is [{n}, {k}], w is [{m}, {k2}]");
         }
-        let xq = self.activations(x, k).map(CpuStorage::F32);
-        let wq = self.weights(w, k).map(CpuStorage::F32);
-        let (lhs, lhs_layout) = match &xq {
-            Some(q) => (q, Layout::contiguous((n, k))),
-            None => (s1, l1.clone()),
+        let linear = Linear {
+            n,
+            k,
+            m,
+            quantize: self.quantize,
         };
-        let (rhs, rhs_layout) = match &wq {
-            Some(q) => (q, Layout::contiguous((m, k))),
-            None => (s2, l2.clone()),
-        };
-        let out = lhs.matmul(rhs, (1, n, m, k), &lhs_layout, &rhs_layout.transpose(0, 1)?)?;
-        let values = |q: Option<CpuStorage>| match q {
-            Some(CpuStorage::F32(v)) => Some(v),
-            _ => None,
-        };
-        *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some((values(xq), values(wq)));
-        Ok((out, Shape::from((n, m))))
+        let (y, ops) = linear.forward(x, w)?;
+        *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(ops);
+        Ok((CpuStorage::F32(y), Shape::from((n, m))))
     }
 
     fn bwd(
@@ -264,15 +327,20 @@ impl CustomOp2 for BitLinear {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (xq, wq) = self
-            .saved
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .unwrap_or_default();
-        let dx = grad.matmul(&self.operand(w, wq, true)?)?;
-        let dw = grad.t()?.matmul(&self.operand(x, xq, false)?)?;
-        Ok((Some(dx), Some(dw)))
+        let ops = self.saved.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let (n, k) = x.dims2()?;
+        let linear = Linear {
+            n,
+            k,
+            m: w.dim(0)?,
+            quantize: self.quantize,
+        };
+        let (dx, dw) = with_slice(x, |xv: &[f32]| {
+            with_slice(w, |wv: &[f32]| {
+                with_slice(grad, |g: &[f32]| linear.backward(g, xv, wv, ops))
+            })
+        })????;
+        Ok((Some(tensor_like(dx, x)?), Some(tensor_like(dw, w)?)))
     }
 }
 
@@ -363,6 +431,39 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
 
+/// `silu(g) · u` of every row of `x` `[n, 2f]` (gate then up): `[n, f]`.
+pub(crate) fn swiglu_forward(x: &[f32], f: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; x.len() / 2];
+    out.par_chunks_mut(f)
+        .zip(x.par_chunks(2 * f))
+        .for_each(|(o, row)| {
+            let (gate, up) = row.split_at(f);
+            for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
+                // silu written as g / (1 + e^(−g)), as libs/model and candle write it.
+                *o = g / (1.0 + (-g).exp()) * u;
+            }
+        });
+    out
+}
+
+/// The gradient `[n, 2f]` of [`swiglu_forward`]'s input `x` for the output gradient `dh`
+/// `[n, f]`: `dg = dh·u·σ(g)·(1 + g·(1 − σ(g)))`, `du = dh·g·σ(g)`.
+pub(crate) fn swiglu_backward(x: &[f32], dh: &[f32], f: usize) -> Vec<f32> {
+    let mut d = vec![0.0f32; x.len()];
+    d.par_chunks_mut(2 * f)
+        .zip(x.par_chunks(2 * f).zip(dh.par_chunks(f)))
+        .for_each(|(d, (row, dh))| {
+            let (gate, up) = row.split_at(f);
+            let (dg, du) = d.split_at_mut(f);
+            for j in 0..f {
+                let s = sigmoid(gate[j]);
+                dg[j] = dh[j] * up[j] * s * (1.0 + gate[j] * (1.0 - s));
+                du[j] = dh[j] * gate[j] * s;
+            }
+        });
+    d
+}
+
 impl CustomOp1 for Swiglu {
     fn name(&self) -> &'static str {
         "swiglu"
@@ -374,40 +475,14 @@ impl CustomOp1 for Swiglu {
         if two_f % 2 != 0 {
             bail!("swiglu: odd width {two_f}");
         }
-        let f = two_f / 2;
-        let mut out = vec![0.0f32; n * f];
-        out.par_chunks_mut(f)
-            .zip(x.par_chunks(two_f))
-            .for_each(|(o, row)| {
-                let (gate, up) = row.split_at(f);
-                for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
-                    // silu written as g / (1 + e^(−g)), as libs/model and candle write it.
-                    *o = g / (1.0 + (-g).exp()) * u;
-                }
-            });
-        Ok((CpuStorage::F32(out), Shape::from((n, f))))
+        let out = swiglu_forward(x, two_f / 2);
+        Ok((CpuStorage::F32(out), Shape::from((n, two_f / 2))))
     }
 
-    /// `dg = dh·u·σ(g)·(1 + g·(1 − σ(g)))`, `du = dh·g·σ(g)`.
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let (_, two_f) = arg.dims2()?;
-        let f = two_f / 2;
+        let f = arg.dim(1)? / 2;
         let d = with_slice(arg, |x: &[f32]| {
-            with_slice(grad, |g: &[f32]| {
-                let mut d = vec![0.0f32; x.len()];
-                d.par_chunks_mut(two_f)
-                    .zip(x.par_chunks(two_f).zip(g.par_chunks(f)))
-                    .for_each(|(d, (row, dh))| {
-                        let (gate, up) = row.split_at(f);
-                        let (dg, du) = d.split_at_mut(f);
-                        for j in 0..f {
-                            let s = sigmoid(gate[j]);
-                            dg[j] = dh[j] * up[j] * s * (1.0 + gate[j] * (1.0 - s));
-                            du[j] = dh[j] * gate[j] * s;
-                        }
-                    });
-                d
-            })
+            with_slice(grad, |g: &[f32]| swiglu_backward(x, g, f))
         })??;
         Ok(Some(tensor_like(d, arg)?))
     }

@@ -23,4 +23,5 @@ pub mod plot;
 pub mod policy;
 pub mod schedule;
 pub mod sft;
+mod sublayer;
 pub mod trainer;

@@ -162,11 +162,19 @@ impl TrainModel {
     /// `x · Wᵀ` for `x` `[N, cols]` and a stack of weights (rows concatenated in order), each
     /// through the ternary estimator, the activation through the int8 estimator.
     fn bitlinear(&self, x: &Tensor, weights: &[&str]) -> Result<Tensor> {
-        let w = match weights {
-            [one] => self.get(one).clone(),
-            many => Tensor::cat(&many.iter().map(|w| self.get(w)).collect::<Vec<_>>(), 0)?,
-        };
-        ops::bitlinear(x, &w, self.options.weights == WeightMode::Ternary)
+        ops::bitlinear(x, &self.stacked(weights)?, self.quantized())
+    }
+
+    /// The weights named, their rows concatenated in order.
+    fn stacked(&self, weights: &[&str]) -> Result<Tensor> {
+        match weights {
+            [one] => Ok(self.get(one).clone()),
+            many => Tensor::cat(&many.iter().map(|w| self.get(w)).collect::<Vec<_>>(), 0),
+        }
+    }
+
+    fn quantized(&self) -> bool {
+        self.options.weights == WeightMode::Ternary
     }
 
     /// The mixing of module `name` (`blk.l.attn_mhc`): `(H_res [n, n], h_pre [n], h_post [n])`,
@@ -229,25 +237,22 @@ impl TrainModel {
             // Attention.
             let (u, mix) = self.sublayer_input(&streams, &name("attn_mhc"))?;
             let hn = ops::rms_norm(&u, self.get(&name("attn_norm.weight")), cfg.norm_eps)?;
-            let qkv = self.bitlinear(
-                &hn,
-                &[
-                    &name("attn_q.weight"),
-                    &name("attn_k.weight"),
-                    &name("attn_v.weight"),
-                ],
-            )?;
-            let attn = ops::attention(&qkv, &cos, &sin, shape)?;
-            let out = self.bitlinear(&attn, &[&name("attn_output.weight")])?;
+            let w_qkv = self.stacked(&[
+                &name("attn_q.weight"),
+                &name("attn_k.weight"),
+                &name("attn_v.weight"),
+            ])?;
+            let w_o = self.get(&name("attn_output.weight"));
+            let out =
+                ops::attention_sublayer(&hn, &w_qkv, w_o, &cos, &sin, shape, self.quantized())?;
             streams = residual_update(&streams, mix, &out)?;
 
             // Feed-forward.
             let (u, mix) = self.sublayer_input(&streams, &name("ffn_mhc"))?;
             let hn = ops::rms_norm(&u, self.get(&name("ffn_norm.weight")), cfg.norm_eps)?;
-            let gate_up =
-                self.bitlinear(&hn, &[&name("ffn_gate.weight"), &name("ffn_up.weight")])?;
-            let act = ops::swiglu(&gate_up)?;
-            let out = self.bitlinear(&act, &[&name("ffn_down.weight")])?;
+            let w_gate_up = self.stacked(&[&name("ffn_gate.weight"), &name("ffn_up.weight")])?;
+            let w_down = self.get(&name("ffn_down.weight"));
+            let out = ops::ffn_sublayer(&hn, &w_gate_up, w_down, self.quantized())?;
             streams = residual_update(&streams, mix, &out)?;
         }
         if n > 1 {

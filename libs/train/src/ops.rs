@@ -181,6 +181,91 @@ pub fn attention_composed(
         .reshape((b * t, c))
 }
 
+/// The attention sub-layer between its norm and its residual update:
+/// `BitLinear_o(attention(BitLinear_qkv(h)))` for `h` `[B·T, C]`, the stacked q|k|v weights
+/// `w_qkv` `[C + 2·KV, C]` and `w_o` `[C, C]` (with `quantize`, ternary weights and int8
+/// activations straight through, as [`bitlinear`]). One node on the CPU (sublayer.rs),
+/// [`attention_sublayer_composed`] elsewhere: the same values, bit for bit (tested).
+pub fn attention_sublayer(
+    h: &Tensor,
+    w_qkv: &Tensor,
+    w_o: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    shape: AttentionShape,
+    quantize: bool,
+) -> Result<Tensor> {
+    if h.device().is_cpu() {
+        let AttentionShape {
+            batch,
+            time,
+            heads,
+            kv_heads,
+            head_dim,
+        } = shape;
+        let attention = crate::attention::Attention::new(batch, time, heads, kv_heads, head_dim);
+        let op = crate::sublayer::AttentionSublayer::new(
+            attention,
+            to_f32_vec(cos)?,
+            to_f32_vec(sin)?,
+            quantize,
+        );
+        h.contiguous()?
+            .apply_op3(&w_qkv.contiguous()?, &w_o.contiguous()?, op)
+    } else {
+        attention_sublayer_composed(h, w_qkv, w_o, cos, sin, shape, quantize)
+    }
+}
+
+/// [`attention_sublayer`] as three nodes: [`bitlinear`], [`attention`], [`bitlinear`].
+pub fn attention_sublayer_composed(
+    h: &Tensor,
+    w_qkv: &Tensor,
+    w_o: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    shape: AttentionShape,
+    quantize: bool,
+) -> Result<Tensor> {
+    let qkv = bitlinear(h, w_qkv, quantize)?;
+    bitlinear(&attention(&qkv, cos, sin, shape)?, w_o, quantize)
+}
+
+/// The feed-forward sub-layer between its norm and its residual update:
+/// `BitLinear_down(swiglu(BitLinear_gate|up(h)))` for `h` `[N, C]`, the stacked gate and up
+/// weights `w_gate_up` `[2F, C]` and `w_down` `[C, F]`. One node on the CPU (sublayer.rs),
+/// [`ffn_sublayer_composed`] elsewhere: the same values, bit for bit (tested).
+pub fn ffn_sublayer(
+    h: &Tensor,
+    w_gate_up: &Tensor,
+    w_down: &Tensor,
+    quantize: bool,
+) -> Result<Tensor> {
+    if h.device().is_cpu() {
+        h.contiguous()?.apply_op3(
+            &w_gate_up.contiguous()?,
+            &w_down.contiguous()?,
+            crate::sublayer::FfnSublayer::new(quantize),
+        )
+    } else {
+        ffn_sublayer_composed(h, w_gate_up, w_down, quantize)
+    }
+}
+
+/// [`ffn_sublayer`] as three nodes: [`bitlinear`], [`swiglu`], [`bitlinear`].
+pub fn ffn_sublayer_composed(
+    h: &Tensor,
+    w_gate_up: &Tensor,
+    w_down: &Tensor,
+    quantize: bool,
+) -> Result<Tensor> {
+    bitlinear(
+        &swiglu(&bitlinear(h, w_gate_up, quantize)?)?,
+        w_down,
+        quantize,
+    )
+}
+
 /// mHC `prepare_input`: `u[b, j] = Σ_s h_pre[s] · x[b, s, j]` for streams `x` `[N, n, C]` and
 /// `h_pre` `[n]`; returns `[N, C]` (libs/mhc `Mixing::prepare_input`).
 pub fn mhc_prepare(x: &Tensor, h_pre: &Tensor) -> Result<Tensor> {
@@ -629,6 +714,85 @@ mod tests {
                 close_rel(&name, &out, &want_out, 1e-5);
                 close_rel(&name, &grad, &want_grad, 1e-5);
             }
+        }
+    }
+
+    /// Values and the gradients of every input of `fused` and `composed` (of `Σ out · R` for a
+    /// fixed random R) over the same inputs: equal, zeros of either sign equal.
+    fn same_values_and_gradients(
+        name: &str,
+        inputs: &[Vec<f32>],
+        shapes: &[&[usize]],
+        fused: impl Fn(&[Tensor]) -> Tensor,
+        composed: impl Fn(&[Tensor]) -> Tensor,
+    ) {
+        let dev = Device::Cpu;
+        let vars: Vec<Var> = inputs
+            .iter()
+            .zip(shapes)
+            .map(|(v, s)| Var::from_vec(v.clone(), *s, &dev).unwrap())
+            .collect();
+        let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let run = |f: &dyn Fn(&[Tensor]) -> Tensor| {
+            let out = f(&tensors);
+            let r = Tensor::from_vec(
+                ternary::synthetic::uniform_values(out.elem_count(), 77),
+                out.shape(),
+                &dev,
+            )
+            .unwrap();
+            let grads = (&out * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let mut all = vec![to_f32_vec(&out).unwrap()];
+            for v in &vars {
+                all.push(to_f32_vec(grads.get(v.as_tensor()).unwrap()).unwrap());
+            }
+            all
+        };
+        let (a, b) = (run(&fused), run(&composed));
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            let what = if i == 0 {
+                "value".to_string()
+            } else {
+                format!("gradient of input {}", i - 1)
+            };
+            let differ = x.iter().zip(y).filter(|(p, q)| p != q).count();
+            assert_eq!(differ, 0, "{name}: {differ} of {} {what}s differ", x.len());
+        }
+    }
+
+    #[test]
+    fn fused_sublayers_are_their_composed_nodes_bit_for_bit() {
+        let (batch, time, heads, kv_heads, head_dim) = (2, 96, 4, 2, 32);
+        let (c, f) = (heads * head_dim, 192);
+        let width = c + 2 * kv_heads * head_dim;
+        let n = batch * time;
+        let shape = AttentionShape {
+            batch,
+            time,
+            heads,
+            kv_heads,
+            head_dim,
+        };
+        let (cos, sin) = rope_tables(time, head_dim, 10_000.0, &Device::Cpu).unwrap();
+        let v = |len: usize, seed: u64| ternary::synthetic::uniform_values(len, seed);
+        for quantize in [true, false] {
+            same_values_and_gradients(
+                &format!("attention sub-layer, quantize {quantize}"),
+                &[v(n * c, 1), v(width * c, 2), v(c * c, 3)],
+                &[&[n, c], &[width, c], &[c, c]],
+                |t| attention_sublayer(&t[0], &t[1], &t[2], &cos, &sin, shape, quantize).unwrap(),
+                |t| {
+                    attention_sublayer_composed(&t[0], &t[1], &t[2], &cos, &sin, shape, quantize)
+                        .unwrap()
+                },
+            );
+            same_values_and_gradients(
+                &format!("feed-forward sub-layer, quantize {quantize}"),
+                &[v(n * c, 4), v(2 * f * c, 5), v(c * f, 6)],
+                &[&[n, c], &[2 * f, c], &[c, f]],
+                |t| ffn_sublayer(&t[0], &t[1], &t[2], quantize).unwrap(),
+                |t| ffn_sublayer_composed(&t[0], &t[1], &t[2], quantize).unwrap(),
+            );
         }
     }
 
