@@ -814,17 +814,69 @@ fn scored_rows(targets: &[u32]) -> usize {
     targets.iter().filter(|&&t| t != IGNORED_TARGET).count()
 }
 
-/// Writes `softmax(row)` into `p` and returns `logsumexp(row)`.
-fn softmax_row(row: &[f32], p: &mut [f32]) -> f32 {
+/// Turns each row of `logits` into its softmax, in place, and returns the row's
+/// `logsumexp − logit[target]` (as `softmax_row` into another buffer would).
+fn softmax_row_in_place(row: &mut [f32], target: usize) -> f32 {
+    let picked = row[target];
     let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     let mut sum = 0.0f32;
-    for (p, &v) in p.iter_mut().zip(row) {
-        *p = (v - max).exp();
+    for p in row.iter_mut() {
+        *p = (*p - max).exp();
         sum += *p;
     }
     let inv = 1.0 / sum;
-    p.iter_mut().for_each(|p| *p *= inv);
-    max + sum.ln()
+    row.iter_mut().for_each(|p| *p *= inv);
+    max + sum.ln() - picked
+}
+
+/// The checks and the forward of the cross-entropy: `logits` `[n, v]` become the softmax (rows of
+/// ignored targets all zero: their gradient is zero), and the mean loss over the scored rows.
+fn cross_entropy_forward(logits: &mut [f32], targets: &[u32], v: usize) -> Result<f32> {
+    let n = targets.len();
+    if n == 0 || logits.len() != n * v {
+        bail!(
+            "cross-entropy: {} logits of {v} for {n} targets",
+            logits.len()
+        );
+    }
+    if let Some(&bad) = targets
+        .iter()
+        .find(|&&t| t != IGNORED_TARGET && t as usize >= v)
+    {
+        bail!("cross-entropy: target {bad} outside the vocabulary of {v}");
+    }
+    let scored = scored_rows(targets);
+    if scored == 0 {
+        bail!("cross-entropy: every one of the {n} targets is ignored");
+    }
+    let per_row: Vec<f64> = logits
+        .par_chunks_mut(v)
+        .zip(targets.par_iter())
+        .map(|(row, &t)| match t {
+            IGNORED_TARGET => {
+                row.fill(0.0);
+                0.0
+            }
+            t => softmax_row_in_place(row, t as usize) as f64,
+        })
+        .collect();
+    Ok((per_row.iter().sum::<f64>() / scored as f64) as f32)
+}
+
+/// The forward's softmax `probs` becomes `d logits = g / scored · (softmax − onehot(target))`,
+/// zero on ignored rows, for the loss gradient `g`.
+fn cross_entropy_backward(probs: &mut [f32], targets: &[u32], v: usize, g: f32) {
+    let scale = g / scored_rows(targets) as f32;
+    probs
+        .par_chunks_mut(v)
+        .zip(targets.par_iter())
+        .for_each(|(d, &t)| match t {
+            IGNORED_TARGET => d.fill(0.0),
+            t => {
+                d.iter_mut().for_each(|d| *d *= scale);
+                d[t as usize] -= scale;
+            }
+        });
 }
 
 impl CustomOp2 for CrossEntropy {
@@ -841,36 +893,13 @@ impl CustomOp2 for CrossEntropy {
     ) -> Result<(CpuStorage, Shape)> {
         let logits = input::<f32>(s1, l1, "cross-entropy")?;
         let targets = input::<u32>(s2, l2, "cross-entropy")?;
-        let (n, v) = l1.shape().dims2()?;
-        if targets.len() != n || n == 0 {
-            bail!("cross-entropy: {n} rows, {} targets", targets.len());
-        }
-        if let Some(&bad) = targets
-            .iter()
-            .find(|&&t| t != IGNORED_TARGET && t as usize >= v)
-        {
-            bail!("cross-entropy: target {bad} outside the vocabulary of {v}");
-        }
-        let scored = scored_rows(targets);
-        if scored == 0 {
-            bail!("cross-entropy: every one of the {n} targets is ignored");
-        }
-        // Ignored rows keep a zero softmax: their gradient in the backward is zero.
-        let mut probs = vec![0.0f32; logits.len()];
-        let per_row: Vec<f64> = probs
-            .par_chunks_mut(v)
-            .zip(logits.par_chunks(v).zip(targets.par_iter()))
-            .map(|(p, (row, &t))| match t {
-                IGNORED_TARGET => 0.0,
-                t => (softmax_row(row, p) - row[t as usize]) as f64,
-            })
-            .collect();
-        let mean = per_row.iter().sum::<f64>() / scored as f64;
+        let (_, v) = l1.shape().dims2()?;
+        let mut probs = logits.to_vec();
+        let mean = cross_entropy_forward(&mut probs, targets, v)?;
         *self.probs.lock().unwrap_or_else(|e| e.into_inner()) = Some(probs);
-        Ok((CpuStorage::F32(vec![mean as f32]), Shape::from(())))
+        Ok((CpuStorage::F32(vec![mean]), Shape::from(())))
     }
 
-    /// `d logits = g / scored · (softmax − onehot(target))`, zero on ignored rows.
     fn bwd(
         &self,
         logits: &Tensor,
@@ -879,34 +908,117 @@ impl CustomOp2 for CrossEntropy {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let v = logits.dim(1)?;
-        let scored = with_slice(targets, scored_rows)?;
-        let scale = grad.to_scalar::<f32>()? / scored as f32;
+        let g = grad.to_scalar::<f32>()?;
         let kept = self.probs.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let mut d = match kept {
-            Some(probs) => probs,
-            // A second backward through the same graph: compute the softmax again.
-            None => with_slice(logits, |x: &[f32]| {
-                let mut p = vec![0.0f32; x.len()];
-                p.par_chunks_mut(v)
-                    .zip(x.par_chunks(v))
-                    .for_each(|(p, row)| {
-                        softmax_row(row, p);
-                    });
-                p
-            })?,
-        };
-        with_slice(targets, |t: &[u32]| {
-            d.par_chunks_mut(v)
-                .zip(t.par_iter())
-                .for_each(|(d, &t)| match t {
-                    IGNORED_TARGET => d.fill(0.0),
-                    t => {
-                        d.iter_mut().for_each(|d| *d *= scale);
-                        d[t as usize] -= scale;
-                    }
-                });
-        })?;
+        let d = with_slice(targets, |t: &[u32]| -> Result<Vec<f32>> {
+            let mut d = match kept {
+                Some(probs) => probs,
+                // A second backward through the same graph: compute the softmax again.
+                None => {
+                    let mut p = with_slice(logits, <[f32]>::to_vec)?;
+                    cross_entropy_forward(&mut p, t, v)?;
+                    p
+                }
+            };
+            cross_entropy_backward(&mut d, t, v, g);
+            Ok(d)
+        })??;
         Ok((Some(tensor_like(d, logits)?), None))
+    }
+}
+
+/// The LM head and the loss in one node: the mean cross-entropy of the logits
+/// `Q_act(x) · Q_w(w)ᵀ` (a [`Linear`] `[N, C] × [V, C]ᵀ`) against `targets` `[N]`, as a
+/// [`BitLinear`] node followed by a [`CrossEntropy`] node computes it, bit for bit (tested),
+/// without the logits (`[N, V]`, 32 MiB for the tiny model) as a candle tensor: its softmax is
+/// computed in place and becomes the logits' gradient in place, which goes straight into the
+/// product's backward.
+pub(crate) struct HeadCrossEntropy {
+    quantize: bool,
+    saved: std::sync::Mutex<Option<(Vec<f32>, Operands)>>,
+}
+
+impl HeadCrossEntropy {
+    pub(crate) fn new(quantize: bool) -> Self {
+        HeadCrossEntropy {
+            quantize,
+            saved: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn linear(&self, x: &[usize], w: &[usize]) -> Result<Linear> {
+        match (x, w) {
+            ([n, c], [v, c2]) if c == c2 => Ok(Linear {
+                n: *n,
+                k: *c,
+                m: *v,
+                quantize: self.quantize,
+            }),
+            _ => bail!("head cross-entropy: x {x:?}, w {w:?}"),
+        }
+    }
+}
+
+impl CustomOp3 for HeadCrossEntropy {
+    fn name(&self) -> &'static str {
+        "head-cross-entropy"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let linear = self.linear(l1.dims(), l2.dims())?;
+        let x = input::<f32>(s1, l1, "head cross-entropy")?;
+        let w = input::<f32>(s2, l2, "head cross-entropy")?;
+        let targets = input::<u32>(s3, l3, "head cross-entropy")?;
+        if targets.len() != linear.n {
+            bail!(
+                "head cross-entropy: {} rows, {} targets",
+                linear.n,
+                targets.len()
+            );
+        }
+        let (mut probs, ops) = linear.forward(x, w)?;
+        let mean = cross_entropy_forward(&mut probs, targets, linear.m)?;
+        *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some((probs, ops));
+        Ok((CpuStorage::F32(vec![mean]), Shape::from(())))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        targets: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let linear = self.linear(x.dims(), w.dims())?;
+        let g = grad.to_scalar::<f32>()?;
+        let saved = self.saved.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let (dx, dw) = with_slice(x, |xv: &[f32]| {
+            with_slice(w, |wv: &[f32]| {
+                with_slice(targets, |t: &[u32]| -> Result<_> {
+                    let (mut d, ops) = match saved {
+                        Some(kept) => kept,
+                        // A second backward through the same graph: the forward again.
+                        None => {
+                            let (mut p, ops) = linear.forward(xv, wv)?;
+                            cross_entropy_forward(&mut p, t, linear.m)?;
+                            (p, ops)
+                        }
+                    };
+                    cross_entropy_backward(&mut d, t, linear.m, g);
+                    linear.backward_with(&d, xv, wv, ops)
+                })
+            })
+        })????;
+        Ok((Some(tensor_like(dx, x)?), Some(tensor_like(dw, w)?), None))
     }
 }
 

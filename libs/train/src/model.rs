@@ -285,6 +285,22 @@ impl TrainModel {
         }
     }
 
+    /// The mean cross-entropy of the logits of a final hidden state `[N, C]` against `targets`
+    /// `[N]`: [`Self::head`] then [`ops::cross_entropy`], as one node for a ternary (or
+    /// full-precision) head.
+    fn head_loss(&self, hidden: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        if self.config.tied_embeddings {
+            return ops::cross_entropy(&self.head(hidden)?, targets);
+        }
+        let normed = ops::rms_norm(hidden, self.get("output_norm.weight"), self.config.norm_eps)?;
+        ops::head_cross_entropy(
+            &normed,
+            self.get("output.weight"),
+            targets,
+            self.quantized(),
+        )
+    }
+
     /// Next-token logits `[B·T, V]` of `tokens` `[B, T]` (row b·T + t predicts token t + 1).
     pub fn logits(&self, tokens: &Tensor) -> Result<Tensor> {
         self.head(&self.trunk(tokens)?)
@@ -302,15 +318,19 @@ impl TrainModel {
     ) -> Result<Losses> {
         let (b, t) = inputs.dims2()?;
         let hidden = self.trunk(inputs)?;
-        let logits = self.head(&hidden)?;
         let flat_targets = targets.flatten_all()?;
-        let next_token = ops::cross_entropy(&logits, &flat_targets)?;
-        let mut total = next_token.clone();
-        if entropy_bonus != 0.0 {
+        let (next_token, mut total) = if entropy_bonus == 0.0 {
+            let loss = self.head_loss(&hidden, &flat_targets)?;
+            (loss.clone(), loss)
+        } else {
+            // The entropy needs the logits themselves.
+            let logits = self.head(&hidden)?;
+            let loss = ops::cross_entropy(&logits, &flat_targets)?;
             let log_p = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
             let entropy = (log_p.exp()? * &log_p)?.sum(D::Minus1)?.mean_all()?.neg()?;
-            total = (total - (entropy * entropy_bonus)?)?;
-        }
+            let total = (&loss - (entropy * entropy_bonus)?)?;
+            (loss, total)
+        };
         for k in 0..self.options.mtp_heads {
             let shift = k + 1;
             if shift >= t {
@@ -323,7 +343,7 @@ impl TrainModel {
                 .narrow(1, 0, t - shift)?;
             let h = h.reshape((b * (t - shift), self.config.dim))?;
             let tg = targets.narrow(1, shift, t - shift)?.flatten_all()?;
-            let loss = ops::cross_entropy(&self.head(&h)?, &tg)?;
+            let loss = self.head_loss(&h, &tg)?;
             total = (total + (loss * mtp_weight)?)?;
         }
         Ok(Losses { total, next_token })

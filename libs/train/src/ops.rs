@@ -306,6 +306,26 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// [`cross_entropy`] of the logits `bitlinear(x, w, quantize)`: one node on the CPU
+/// (fused.rs `HeadCrossEntropy`, the logits never a tensor), the two nodes elsewhere; the same
+/// values bit for bit (tested).
+pub fn head_cross_entropy(
+    x: &Tensor,
+    w: &Tensor,
+    targets: &Tensor,
+    quantize: bool,
+) -> Result<Tensor> {
+    if x.device().is_cpu() {
+        x.contiguous()?.apply_op3(
+            &w.contiguous()?,
+            &targets.contiguous()?,
+            fused::HeadCrossEntropy::new(quantize),
+        )
+    } else {
+        cross_entropy(&bitlinear(x, w, quantize)?, targets)
+    }
+}
+
 /// A tensor's values as f32 (a convenience for tests and metrics).
 pub fn to_f32_vec(x: &Tensor) -> Result<Vec<f32>> {
     x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
@@ -792,6 +812,30 @@ mod tests {
                 &[&[n, c], &[2 * f, c], &[c, f]],
                 |t| ffn_sublayer(&t[0], &t[1], &t[2], quantize).unwrap(),
                 |t| ffn_sublayer_composed(&t[0], &t[1], &t[2], quantize).unwrap(),
+            );
+        }
+    }
+
+    #[test]
+    fn head_cross_entropy_is_the_two_nodes_bit_for_bit() {
+        let (n, c, v) = (70, 128, 300);
+        let dev = Device::Cpu;
+        let mut targets: Vec<u32> = (0..n as u32).map(|i| (i * 37) % v as u32).collect();
+        for i in [3, 10, 11] {
+            targets[i] = IGNORED_TARGET;
+        }
+        let targets = Tensor::new(targets.as_slice(), &dev).unwrap();
+        let inputs = [
+            ternary::synthetic::uniform_values(n * c, 8),
+            ternary::synthetic::uniform_values(v * c, 9),
+        ];
+        for quantize in [true, false] {
+            same_values_and_gradients(
+                &format!("head cross-entropy, quantize {quantize}"),
+                &inputs,
+                &[&[n, c], &[v, c]],
+                |t| head_cross_entropy(&t[0], &t[1], &targets, quantize).unwrap(),
+                |t| cross_entropy(&bitlinear(&t[0], &t[1], quantize).unwrap(), &targets).unwrap(),
             );
         }
     }
