@@ -301,6 +301,9 @@ impl From<TrainError> for Failure {
 /// The spin count of candle's barrier pool (read when candle first uses the pool).
 const SPIN_LIMIT_VAR: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
 
+/// The thread count of candle's barrier pool, its element-wise ops (read on first use).
+const CANDLE_THREADS_VAR: &str = "CANDLE_NUM_THREADS";
+
 fn main() -> ExitCode {
     let args: Args = match cli::parse("train") {
         Ok(a) => a,
@@ -312,6 +315,13 @@ fn main() -> ExitCode {
     // spinning steals them: a short spin gives 2,450 instead of 2,100 tokens/s on 2 cores.
     if std::env::var_os(SPIN_LIMIT_VAR).is_none() {
         std::env::set_var(SPIN_LIMIT_VAR, "100");
+    }
+    // The products and the fused kernels run on rayon; what is left to candle's own pool are
+    // small element-wise ops (mHC's mixing constants, the stream copies, gradient sums), where
+    // waking a second pool worker, and waiting for it when it is descheduled, costs more than
+    // the work: on the calling thread alone, 8-16 % more tokens/s on a shared 2-core machine.
+    if std::env::var_os(CANDLE_THREADS_VAR).is_none() {
+        std::env::set_var(CANDLE_THREADS_VAR, "1");
     }
     if let Some(threads) = args.threads {
         // candle sizes its own pools from this variable (read on first use, below).
