@@ -49,13 +49,14 @@ fn blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
 }
 
 impl Attention {
-    pub(crate) fn new(
-        batch: usize,
-        time: usize,
-        heads: usize,
-        kv_heads: usize,
-        head_dim: usize,
-    ) -> Self {
+    pub(crate) fn new(shape: crate::ops::AttentionShape) -> Self {
+        let crate::ops::AttentionShape {
+            batch,
+            time,
+            heads,
+            kv_heads,
+            head_dim,
+        } = shape;
         Attention {
             batch,
             time,

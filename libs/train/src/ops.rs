@@ -138,14 +138,7 @@ pub fn attention(
     shape: AttentionShape,
 ) -> Result<Tensor> {
     if qkv.device().is_cpu() {
-        let AttentionShape {
-            batch,
-            time,
-            heads,
-            kv_heads,
-            head_dim,
-        } = shape;
-        let op = crate::attention::Attention::new(batch, time, heads, kv_heads, head_dim);
+        let op = crate::attention::Attention::new(shape);
         qkv.contiguous()?
             .apply_op3(&cos.contiguous()?, &sin.contiguous()?, op)
     } else {
@@ -196,14 +189,7 @@ pub fn attention_sublayer(
     quantize: bool,
 ) -> Result<Tensor> {
     if h.device().is_cpu() {
-        let AttentionShape {
-            batch,
-            time,
-            heads,
-            kv_heads,
-            head_dim,
-        } = shape;
-        let attention = crate::attention::Attention::new(batch, time, heads, kv_heads, head_dim);
+        let attention = crate::attention::Attention::new(shape);
         let op = crate::sublayer::AttentionSublayer::new(
             attention,
             to_f32_vec(cos)?,
