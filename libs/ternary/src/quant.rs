@@ -67,12 +67,18 @@ pub fn fake_quantize_weight_row(row: &[f32], out: &mut [f32]) {
     for (group, out) in row.chunks(GROUP_SIZE).zip(out.chunks_mut(GROUP_SIZE)) {
         let scale = weight_group_scale(group);
         for (o, &w) in out.iter_mut().zip(group) {
-            *o = quantize_weight(w, scale) as f32 * scale;
+            // `quantize_weight(w, scale) as f32` in a form the compiler vectorizes (no `roundf`
+            // call per weight): round(w / s) clamped to ±1 is +1 exactly when w / s ≥ 0.5, −1
+            // when ≤ −0.5 (half away from zero), 0 otherwise and for NaN (as the `as i8` cast).
+            let y = w / scale;
+            let q = f32::from(u8::from(y >= 0.5)) - f32::from(u8::from(y <= -0.5));
+            *o = q * scale;
         }
     }
 }
 
-/// The dequantized activations `x_q · (a / 127)` of one vector (all zeros for an all-zero input).
+/// The dequantized activations `x_q · (a / 127)` of one vector (all zeros for an all-zero input),
+/// `x_q = clamp(round(x · 127 / a), −127, 127)`, in a form the compiler vectorizes.
 pub fn fake_quantize_activation_row(x: &[f32], out: &mut [f32]) {
     assert_eq!(
         out.len(),
@@ -86,8 +92,24 @@ pub fn fake_quantize_activation_row(x: &[f32], out: &mut [f32]) {
     }
     let act_scale = absmax / ACT_MAX;
     for (o, &v) in out.iter_mut().zip(x) {
-        *o = (v * ACT_MAX / absmax).round().clamp(-ACT_MAX, ACT_MAX) * act_scale;
+        // Clamping first keeps the rounding in its exact range and changes no result: anything
+        // beyond ±128 rounds beyond ±127 and is clamped to it either way.
+        let y = (v * ACT_MAX / absmax).clamp(-128.0, 128.0);
+        *o = round_half_away(y).clamp(-ACT_MAX, ACT_MAX) * act_scale;
     }
+}
+
+/// `f32::round` (half away from zero, the sign of a zero result kept) of `y` in `[-2^22, 2^22]`
+/// or NaN, without a call: adding and subtracting 1.5·2^23 rounds to nearest-even exactly in that
+/// range, then a tie that went towards zero is moved one away.
+#[inline(always)]
+fn round_half_away(y: f32) -> f32 {
+    const SHIFTER: f32 = 12_582_912.0;
+    let nearest_even = (y + SHIFTER) - SHIFTER;
+    let off = y - nearest_even; // exact
+    let up = f32::from(u8::from(off == 0.5 && y > 0.0));
+    let down = f32::from(u8::from(off == -0.5 && y < 0.0));
+    (nearest_even + up - down).copysign(y)
 }
 
 /// Quantizes one vector into `out` (zero-padded to whole groups) and `group_sums`; returns the
@@ -381,6 +403,120 @@ impl QuantizedBatch {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Bit patterns (NaN as any NaN) of `ours` and `theirs` over `rows`.
+    fn same_bits(rows: &[Vec<f32>], ours: fn(&[f32], &mut [f32]), theirs: fn(&[f32], &mut [f32])) {
+        for (r, row) in rows.iter().enumerate() {
+            let (mut a, mut b) = (vec![1.0f32; row.len()], vec![2.0f32; row.len()]);
+            ours(row, &mut a);
+            theirs(row, &mut b);
+            for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+                assert!(
+                    x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()),
+                    "row {r} [{i}] of {:?}: {x:e} vs {y:e}",
+                    &row[..row.len().min(8)]
+                );
+            }
+        }
+    }
+
+    fn rows_under_test() -> Vec<Vec<f32>> {
+        let mut rows = Vec::new();
+        for (seed, len) in [(1u64, 256usize), (2, 768), (3, 200), (4, 7), (5, 128)] {
+            let v = crate::synthetic::uniform_values(len, seed);
+            for scale in [1e-30f32, 1e-6, 0.01, 1.0, 3.7, 1e4, 1e30] {
+                rows.push(v.iter().map(|x| x * scale).collect());
+            }
+        }
+        // Activation ties: absmax 127, so x·127/127 = x, and every k + 1/2 in between.
+        let mut ties: Vec<f32> = (-127..127).map(|k| k as f32 + 0.5).collect();
+        ties.push(127.0);
+        rows.push(ties.clone());
+        rows.push(ties.iter().map(|x| -x).collect());
+        // Weight ties: 127 weights of ±255 and one of ±127 give s = 254 and w/s = ±0.5.
+        for sign in [1.0f32, -1.0] {
+            let mut group = vec![255.0f32; 128];
+            group[5] = 127.0 * sign;
+            group[9] = -255.0;
+            rows.push(group);
+        }
+        // Zeros of both signs, tiny values that round to −0, subnormals, infinities, NaN.
+        rows.push(vec![0.0; 130]);
+        rows.push(vec![-0.0, 0.0, -1e-30, 1e-30, -1.0, 1.0, 0.25, -0.25]);
+        rows.push(vec![
+            f32::MIN_POSITIVE / 4.0,
+            -f32::MIN_POSITIVE / 8.0,
+            0.0,
+            1e-38,
+        ]);
+        rows.push(vec![f32::INFINITY, 1.0, -2.0, 0.5]);
+        rows.push(vec![f32::NEG_INFINITY, f32::INFINITY, 3.0]);
+        rows.push(vec![f32::NAN, 1.0, -0.3, 0.7]);
+        rows.push(vec![f32::MAX, -f32::MAX, 1.0, f32::MAX / 127.0]);
+        // A sweep of bit patterns from −300 to 300.
+        let sweep: Vec<f32> = (0..200_000u32)
+            .map(|i| {
+                let x = f32::from_bits(0x3000_0000 + i * 0x0000_0A3D);
+                if i % 2 == 0 {
+                    x
+                } else {
+                    -x
+                }
+            })
+            .filter(|x| x.abs() <= 300.0)
+            .collect();
+        rows.extend(sweep.chunks(256).map(<[f32]>::to_vec));
+        rows
+    }
+
+    /// The quantizers' definitions, one `f32::round` per value.
+    fn weight_row_by_definition(row: &[f32], out: &mut [f32]) {
+        for (group, out) in row.chunks(GROUP_SIZE).zip(out.chunks_mut(GROUP_SIZE)) {
+            let scale = weight_group_scale(group);
+            for (o, &w) in out.iter_mut().zip(group) {
+                *o = quantize_weight(w, scale) as f32 * scale;
+            }
+        }
+    }
+
+    fn activation_row_by_definition(x: &[f32], out: &mut [f32]) {
+        let absmax = absmax(x);
+        if absmax == 0.0 {
+            out.fill(0.0);
+            return;
+        }
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = (v * ACT_MAX / absmax).round().clamp(-ACT_MAX, ACT_MAX) * (absmax / ACT_MAX);
+        }
+    }
+
+    #[test]
+    fn vectorized_quantizers_equal_their_definitions_bit_for_bit() {
+        let rows = rows_under_test();
+        same_bits(
+            &rows,
+            fake_quantize_activation_row,
+            activation_row_by_definition,
+        );
+        same_bits(&rows, fake_quantize_weight_row, weight_row_by_definition);
+    }
+
+    #[test]
+    fn round_half_away_is_f32_round_in_its_range() {
+        let mut x = -4_194_304.0f32;
+        let mut checked = 0;
+        while x <= 4_194_304.0 {
+            for y in [x, x + 0.5, x - 0.25, x + 0.75] {
+                let (a, b) = (round_half_away(y), y.round());
+                assert_eq!(a.to_bits(), b.to_bits(), "{y}: {a} vs {b}");
+                checked += 1;
+            }
+            x += if x.abs() < 300.0 { 0.125 } else { 997.0 };
+        }
+        assert!(checked > 10_000);
+        assert!(round_half_away(f32::NAN).is_nan());
+        assert_eq!(round_half_away(-0.0).to_bits(), (-0.0f32).to_bits());
+    }
 
     #[test]
     fn all_zero_group_quantizes_to_zeros_with_finite_scale() {
