@@ -248,24 +248,23 @@ $(RUN)/gemv.json: | build
 	$(BIN)/gemv-bench --shape 4096x4096 --batch 1 --repeats 5 --json > $@.tmp
 	mv $@.tmp $@
 
-# The report card.
+# The report card, from whatever stages have run (make, make sft, make rl rewrite it).
 report: $(RUN)/report.md
+
+write_report = python3 scripts/report.py --run $(RUN) --pipeline $(PIPELINE_FILE) > $(RUN)/report.md.tmp \
+	&& mv $(RUN)/report.md.tmp $(RUN)/report.md && echo "report card: $(RUN)/report.md"
 
 REPORT_INPUTS := $(RUN)/data/train.bin $(RUN)/model.gguf $(RUN)/inspect.json $(RUN)/verify.json \
 	$(EVAL_OUTPUTS) $(RUN)/gemv.json scripts/report.py
 $(RUN)/report.md: $(REPORT_INPUTS)
-	python3 scripts/report.py --run $(RUN) --pipeline $(PIPELINE_FILE) > $@.tmp
-	mv $@.tmp $@
-	@echo "report card: $@"
+	$(write_report)
 
 # Supervised fine-tuning of the pretrained checkpoint on the function pairs of `make functions`
 # (the loss on the bodies only; SFT_CHAT_SHARE of them as chat turns in serve's template), then its
 # GGUF, its evaluations and the report card with a fine-tuning section. A checkpoint in sft/ older
 # than the pretraining run is from an earlier run: it is started afresh, not resumed.
 sft: $(REPORT_INPUTS) $(addprefix $(RUN)/sft/,$(STAGE_EVALS))
-	python3 scripts/report.py --run $(RUN) --pipeline $(PIPELINE_FILE) > $(RUN)/report.md.tmp
-	mv $(RUN)/report.md.tmp $(RUN)/report.md
-	@echo "report card: $(RUN)/report.md"
+	$(write_report)
 
 SFT_IO := --sft $(RUN)/functions/pairs.jsonl --out $(RUN)/sft --eval-every 100 --checkpoint-every 100 \
 	--log-every 25
@@ -285,9 +284,7 @@ $(RUN)/sft/model.gguf: $(RUN)/sft.done | build
 # greedy rates on the held-out set before, after the warm-up and after RL; then the improved
 # model's GGUF, its evaluations, and the report card again with an RL section.
 rl: $(REPORT_INPUTS) $(addprefix $(RUN)/sft/,$(STAGE_EVALS)) $(addprefix $(RUN)/rl/,$(STAGE_EVALS))
-	python3 scripts/report.py --run $(RUN) --pipeline $(PIPELINE_FILE) > $(RUN)/report.md.tmp
-	mv $(RUN)/report.md.tmp $(RUN)/report.md
-	@echo "report card: $(RUN)/report.md"
+	$(write_report)
 
 $(RUN)/rl/summary.json: $(RUN)/sft.done $(RL_PROMPTS) $(RL_WARMUP_PROMPTS) $(RL_WARMUP) \
 		$(HELDOUT_PROMPTS) | build sandbox
